@@ -1,0 +1,1 @@
+"""Builders: pure functions from store tables to splits, pairs, labels and statistics."""

@@ -1,0 +1,83 @@
+"""Image-level train/val/test splits, stratified over azimuth bins (SPair-71k section 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from semcorr.errors import SemcorrError
+from semcorr.store import SPLIT_NAMES
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """'5:2:3' -> (0.5, 0.2, 0.3)."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise SemcorrError(f"--ratios {text!r}: expected three non-negative numbers like 5:2:3")
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def interleave_assign(count: int, ratios: tuple[float, float, float]) -> np.ndarray:
+    """Split indexes 0..2 for `count` ordered items, each prefix as close to `ratios` as possible.
+
+    Position i goes to the split whose count lags its target share of i + 1 items the most
+    (ties to the earlier split), so any ordered run of items is spread over the splits.
+    """
+    target = np.asarray(ratios, dtype=np.float64)
+    counts = np.zeros(3)
+    out = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        deficit = target * (i + 1) - counts
+        deficit[target == 0] = -np.inf
+        choice = int(np.argmax(deficit))
+        out[i] = choice
+        counts[choice] += 1
+    return out
+
+
+def assign_splits(
+    images: pd.DataFrame, ratios: tuple[float, float, float] = (0.5, 0.2, 0.3), seed: int = 0
+) -> dict[int, str]:
+    """Assign every image to one split, per category, spread over azimuth bins.
+
+    Args:
+        images: one row per image with columns `image_id`, `category` (the category the
+            image is split under) and `azimuth_bin` (-1 where unknown).
+        ratios: train, val, test shares.
+        seed: seed of the shuffle inside each azimuth bin.
+
+    Returns:
+        image id -> "trn" | "val" | "test".
+
+    Images are ordered by (azimuth bin, seeded random key) inside each category and dealt
+    out by `interleave_assign`, so each split gets about its share of every bin.
+    """
+    rng = np.random.default_rng(seed)
+    splits: dict[int, str] = {}
+    ordered = images.sort_values(["category", "image_id"], kind="stable")
+    for _, group in ordered.groupby("category", sort=True):
+        keys = rng.random(len(group))
+        order = np.lexsort((keys, group["azimuth_bin"].to_numpy()))
+        image_ids = group["image_id"].to_numpy()[order]
+        for image_id, split_index in zip(image_ids, interleave_assign(len(image_ids), ratios)):
+            splits[int(image_id)] = SPLIT_NAMES[split_index]
+    return splits
+
+
+def split_units(instances: pd.DataFrame) -> pd.DataFrame:
+    """One row per image: the category it is split under and that category's azimuth bin.
+
+    An image holding several categories is split under the one with most instances (ties
+    to the alphabetically first); its azimuth bin is that of the category's largest instance.
+    """
+    counts = instances.groupby(["image_id", "category"]).size().rename("count").reset_index()
+    counts = counts.sort_values(["image_id", "count", "category"], ascending=[True, False, True], kind="stable")
+    primary = counts.drop_duplicates("image_id")[["image_id", "category"]]
+    largest = (instances.sort_values(["image_id", "category", "bbox_area", "ann_id"],
+                                     ascending=[True, True, False, True], kind="stable")
+               .drop_duplicates(["image_id", "category"])[["image_id", "category", "azimuth_bin"]])
+    return primary.merge(largest, on=["image_id", "category"], how="left").reset_index(drop=True)

@@ -1,0 +1,206 @@
+"""The `semcorr` command line: parse options, call one function of `commands`, print a summary."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from semcorr import commands
+from semcorr.builders.splits import parse_ratios
+from semcorr.errors import SemcorrError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Build semantic-correspondence datasets (SPair-71k / MISC210K style).")
+export_app = typer.Typer(no_args_is_help=True, help="Export a dataset in a format trainers read.")
+app.add_typer(export_app, name="export")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handles_errors(func: Callable) -> Callable:
+    """Print a SemcorrError as one line on stderr and exit 1, without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SemcorrError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar; yields `advance(n)`."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def print_table(title: str, frame, index_name: str = "") -> None:
+    """Print a DataFrame as a rich table."""
+    table = Table(title=title, title_justify="left")
+    table.add_column(index_name or (frame.index.name or ""))
+    for column in frame.columns:
+        table.add_column(" ".join(column) if isinstance(column, tuple) else str(column), justify="right")
+    for label, row in frame.iterrows():
+        table.add_row(str(label), *[f"{v:,}" if isinstance(v, int | float) else str(v) for v in row.tolist()])
+    console.print(table)
+
+
+@app.command()
+@handles_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="dataset directory to create (replaced if it exists)")],
+    category: Annotated[list[str], typer.Option(help="built-in category: chair, car, airplane")] = [],  # noqa: B006
+    schema: Annotated[list[Path], typer.Option(help="keypoint schema JSON of a mesh category")] = [],  # noqa: B006
+    mesh: Annotated[list[Path], typer.Option(help="mesh file for each --schema (else the schema's own)")] = [],  # noqa: B006
+    images_per_category: Annotated[int, typer.Option(min=2)] = 40,
+    size: Annotated[str, typer.Option(help="image size WIDTHxHEIGHT")] = "400x300",
+    truncation_rate: float = 0.25,
+    occlusion_rate: float = 0.3,
+    seed: int = 0,
+) -> None:
+    """Render an annotated SPair-style image set from 3D prototypes."""
+    from semcorr.synth.generate import SynthOptions
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise SemcorrError(f"--size {size!r}: expected WIDTHxHEIGHT like 400x300") from None
+    prototypes = commands.resolve_prototypes(category or ([] if schema else ["chair", "car", "airplane"]),
+                                             schema, mesh)
+    options = SynthOptions(images_per_category=images_per_category, width=width, height=height,
+                           truncation_rate=truncation_rate, occlusion_rate=occlusion_rate, seed=seed)
+    with progress_bar("rendering", len(prototypes) * images_per_category) as advance:
+        dataset = commands.run_synth(out, prototypes, options, progress=advance)
+    table = dataset.instance_table()
+    summary = table.groupby("category").agg(images=("image_id", "count"), truncated=("truncated", "sum"),
+                                            occluded=("occluded", "sum"), mean_visible_kps=("num_visible", "mean"))
+    summary = summary.astype({"images": int, "truncated": int, "occluded": int}).round(1)
+    print_table(f"synth: {len(dataset.images)} images", summary)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+@handles_errors
+def split(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    ratios: Annotated[str, typer.Option(help="train:val:test shares")] = "5:2:3",
+    seed: int = 0,
+) -> None:
+    """Image-level train/val/test splits per category, spread over azimuth bins."""
+    counts = commands.run_split(dataset, parse_ratios(ratios), seed)
+    print_table("split: images per category and split", counts)
+    console.print(f"wrote {dataset / 'splits.json'}")
+
+
+@app.command("build-pairs")
+@handles_errors
+def build_pairs(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with splits.json")],
+    mode: Annotated[str, typer.Option(help="spair")] = "spair",
+) -> None:
+    """Build the pairs table (SPair mode: all ordered pairs sharing a visible keypoint)."""
+    from semcorr.builders.statistics import category_table
+
+    result = commands.run_build_pairs(dataset, mode)
+    print_table(f"build-pairs ({mode}): {len(result.pairs):,} pairs", category_table(result.pairs))
+    console.print(f"wrote {result.path}")
+    if len(result.skipped):
+        reasons = result.skipped.groupby("reason").size()
+        for reason, count in reasons.items():
+            console.print(f"left out: {count} image(s): {reason}")
+
+
+@app.command()
+@handles_errors
+def stats(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with pairs.parquet")],
+    out: Annotated[Path | None, typer.Option(help="output folder (default DATASET/stats)")] = None,
+) -> None:
+    """SPair Table 1 and 2 (printed and CSV), Figure 1 and 2 (PNG)."""
+    result = commands.run_stats(dataset, out)
+    table1 = result.difficulty.T
+    table1.index = [f"{factor} {level}" for factor, level in table1.index]
+    print_table("Table 1: pairs by difficulty and split", table1, "difficulty")
+    print_table("Table 2: pairs by category and split", result.categories)
+    for path in result.files:
+        console.print(f"wrote {path}")
+
+
+@export_app.command("spair")
+@handles_errors
+def export_spair(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with pairs.parquet")],
+    out: Annotated[Path, typer.Argument(help="export directory (replaced if it exists)")],
+) -> None:
+    """The SPair-71k layout: JPEGImages, ImageAnnotation, PairAnnotation, Layout, Segmentation."""
+    import pandas as pd
+
+    with progress_bar("writing pairs", None) as advance:
+        report = commands.run_export_spair(dataset, out, progress=advance)
+    counts = pd.DataFrame([report.pairs_per_split], index=["pairs"])
+    print_table(f"export spair: {report.images} images", counts)
+    console.print(f"wrote {report.root}")
+    renamed = {k: v for k, v in report.categories.items() if k != v}
+    if renamed:
+        console.print(f"renamed categories (see category_map.json): {renamed}")
+
+
+@app.command()
+@handles_errors
+def validate(dataset: Annotated[Path, typer.Argument(help="dataset directory")]) -> None:
+    """Check annotations.json (and splits.json, pairs.parquet when present)."""
+    from semcorr import store
+
+    data = store.load_dataset(dataset)
+    line = f"ok: {len(data.images)} images, {len(data.instances)} instances, {len(data.categories)} categories"
+    if (Path(dataset) / store.SPLITS_FILE).exists():
+        line += f", {len(store.load_splits(dataset))} images split"
+    if (Path(dataset) / store.PAIRS_FILE).exists():
+        line += f", {len(store.load_pairs(dataset)):,} pairs"
+    console.print(line)
+
+
+@app.command()
+@handles_errors
+def demo(
+    out: Annotated[Path, typer.Argument(help="folder for the demo outputs")] = Path("demo-out"),
+    images_per_category: int = 40,
+    seed: int = 0,
+) -> None:
+    """synth -> split -> build-pairs -> stats -> export spair on the built-in categories."""
+    dataset_dir, export_dir = out / "dataset", out / "spair"
+    synth(dataset_dir, category=["chair", "car", "airplane"], schema=[], mesh=[],
+          images_per_category=images_per_category, size="400x300", truncation_rate=0.25, occlusion_rate=0.3,
+          seed=seed)
+    split(dataset_dir, ratios="5:2:3", seed=seed)
+    build_pairs(dataset_dir, mode="spair")
+    stats(dataset_dir, out=None)
+    export_spair(dataset_dir, export_dir)
+    console.rule("demo done")
+    console.print(f"dataset (COCO keypoints, masks, splits, pairs): {dataset_dir}")
+    console.print(f"statistics tables and figures:                 {dataset_dir / 'stats'}")
+    console.print(f"SPair-71k layout for trainers:                  {export_dir}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

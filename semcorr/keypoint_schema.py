@@ -1,0 +1,146 @@
+"""Keypoint schema JSON: a category's named 3D keypoints on its prototype mesh.
+
+Format (written by `vote-keypoints`, read by `synth` and the store)::
+
+    {
+      "format": "semcorr-keypoint-schema",
+      "category": "chair",
+      "version": 1,
+      "mesh": "chair.obj",              # optional, relative to the schema file
+      "up_axis": "+y", "front_axis": "+z",   # of the mesh file's own frame
+      "keypoints": [{"name": "seat_front_left", "xyz": [x, y, z],
+                      "description": "...", "scheme": "...", "views": ["front"]}],
+      "skeleton": [["a", "b"], ...],    # by keypoint name
+      "flip_pairs": [["left_x", "right_x"], ...],
+      "id_map": {"<old id>": <new id or null>}   # from the previous version, optional
+    }
+
+Coordinates are in the mesh file's own frame; loaders normalise mesh and keypoints together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semcorr import atomic
+from semcorr.errors import SemcorrError
+from semcorr.store import read_json
+
+FORMAT = "semcorr-keypoint-schema"
+AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
+
+
+@dataclass
+class KeypointSchema:
+    """Named 3D keypoints of one category.
+
+    Attributes:
+        category: category name.
+        names: ordered keypoint names (K).
+        xyz: (K, 3) coordinates in the mesh's frame.
+        descriptions: K text descriptions.
+        skeleton: 0-based index edges.
+        flip_pairs: 0-based (left, right) index pairs.
+        version: schema version.
+        up_axis: the mesh's up axis, one of AXES.
+        front_axis: the mesh's front axis, one of AXES.
+        mesh: path of the prototype mesh, if the schema names one.
+        extra: per-keypoint extra fields (scheme, views) and the id map, kept as they are.
+    """
+
+    category: str
+    names: tuple[str, ...]
+    xyz: np.ndarray
+    descriptions: tuple[str, ...] = ()
+    skeleton: tuple[tuple[int, int], ...] = ()
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    version: int = 1
+    up_axis: str = "+y"
+    front_axis: str = "+z"
+    mesh: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.xyz = np.asarray(self.xyz, dtype=np.float64).reshape(-1, 3)
+        if len(self.names) != len(self.xyz):
+            raise ValueError(f"{len(self.names)} names for {len(self.xyz)} points")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("duplicate keypoint names")
+        if not self.descriptions:
+            self.descriptions = tuple(name.replace("_", " ") for name in self.names)
+        if self.up_axis not in AXES or self.front_axis not in AXES or self.up_axis[1] == self.front_axis[1]:
+            raise ValueError(f"up {self.up_axis!r} and front {self.front_axis!r} must be two different axes of {AXES}")
+
+
+def load_schema(path: Path) -> KeypointSchema:
+    """Read and validate a keypoint schema JSON."""
+    path = Path(path)
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("keypoints"), list) or not raw["keypoints"]:
+        raise SemcorrError(f"{path}: top level: expected an object with a non-empty 'keypoints' list")
+    names, xyz, descriptions = [], [], []
+    for index, point in enumerate(raw["keypoints"]):
+        coords = point.get("xyz") if isinstance(point, dict) else None
+        if not isinstance(point, dict) or "name" not in point or not isinstance(coords, list) or len(coords) != 3:
+            raise SemcorrError(f"{path}: keypoints[{index}]: needs 'name' and 'xyz' [x, y, z]")
+        names.append(str(point["name"]))
+        xyz.append([float(v) for v in coords])
+        descriptions.append(str(point.get("description", point["name"]).replace("_", " ")))
+    index_of = {name: i for i, name in enumerate(names)}
+
+    def edges(key: str) -> tuple[tuple[int, int], ...]:
+        out = []
+        for a, b in raw.get(key, []) or []:
+            if a not in index_of or b not in index_of:
+                raise SemcorrError(f"{path}: {key} [{a!r}, {b!r}]: unknown keypoint name")
+            out.append((index_of[a], index_of[b]))
+        return tuple(out)
+
+    mesh = raw.get("mesh")
+    try:
+        return KeypointSchema(
+            category=str(raw.get("category") or path.stem),
+            names=tuple(names),
+            xyz=np.array(xyz),
+            descriptions=tuple(descriptions),
+            skeleton=edges("skeleton"),
+            flip_pairs=edges("flip_pairs"),
+            version=int(raw.get("version", 1)),
+            up_axis=str(raw.get("up_axis", "+y")),
+            front_axis=str(raw.get("front_axis", "+z")),
+            mesh=(path.parent / mesh) if mesh else None,
+            extra={k: raw[k] for k in ("id_map",) if k in raw},
+        )
+    except ValueError as exc:
+        raise SemcorrError(f"{path}: {exc}") from None
+
+
+def schema_to_json(schema: KeypointSchema) -> dict[str, Any]:
+    """The JSON object `save_schema` writes."""
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "category": schema.category,
+        "version": schema.version,
+        "up_axis": schema.up_axis,
+        "front_axis": schema.front_axis,
+        "keypoints": [
+            {"name": name, "xyz": [round(float(v), 6) for v in point], "description": text}
+            for name, point, text in zip(schema.names, schema.xyz, schema.descriptions)
+        ],
+        "skeleton": [[schema.names[a], schema.names[b]] for a, b in schema.skeleton],
+        "flip_pairs": [[schema.names[a], schema.names[b]] for a, b in schema.flip_pairs],
+    }
+    if schema.mesh is not None:
+        out["mesh"] = str(schema.mesh)
+    out.update(schema.extra)
+    return out
+
+
+def save_schema(schema: KeypointSchema, path: Path) -> Path:
+    """Atomically write a keypoint schema JSON."""
+    atomic.write_json(Path(path), schema_to_json(schema), indent=2)
+    return Path(path)

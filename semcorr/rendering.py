@@ -1,0 +1,182 @@
+"""Offscreen rendering (pyrender over EGL) and the pinhole camera it shares with projection.
+
+Camera frame follows OpenGL: the camera looks down its -z axis with +y up. Image
+coordinates are continuous pixels: x to the right, y down, pixel (row r, column c)
+covering [c, c + 1) x [r, r + 1), so `floor` of a coordinate is the pixel index.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import numpy as np  # noqa: E402
+import trimesh  # noqa: E402
+
+from semcorr.errors import SemcorrError  # noqa: E402
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 1.0, 0.0])) -> np.ndarray:
+    """Camera-to-world 4x4 pose of a camera at `eye` looking at `target`."""
+    eye = np.asarray(eye, dtype=np.float64)
+    backward = eye - np.asarray(target, dtype=np.float64)
+    backward /= np.linalg.norm(backward)
+    right = np.cross(up, backward)
+    if np.linalg.norm(right) < 1e-9:
+        right = np.cross(np.array([0.0, 0.0, 1.0]), backward)
+    right /= np.linalg.norm(right)
+    true_up = np.cross(backward, right)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, true_up, backward, eye
+    return pose
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole camera with the principal point at the image centre.
+
+    Attributes:
+        width: image width in pixels.
+        height: image height in pixels.
+        yfov: vertical field of view in radians.
+        pose: (4, 4) camera-to-world transform (OpenGL axes).
+    """
+
+    width: int
+    height: int
+    yfov: float
+    pose: np.ndarray
+
+    @property
+    def focal(self) -> float:
+        """Focal length in pixels (square pixels)."""
+        return (self.height / 2.0) / np.tan(self.yfov / 2.0)
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Project world points.
+
+        Returns:
+            xy: (N, 2) continuous pixel coordinates.
+            depth: (N,) distance along the viewing axis (positive in front of the camera),
+                the quantity pyrender's depth buffer holds.
+        """
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        world_to_cam = np.linalg.inv(self.pose)
+        cam = points @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
+        depth = -cam[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = self.width / 2.0 + self.focal * cam[:, 0] / depth
+            y = self.height / 2.0 - self.focal * cam[:, 1] / depth
+        return np.stack([x, y], axis=1), depth
+
+
+@dataclass
+class Part:
+    """A mesh to render: its own visual (texture, vertex colours) or a flat colour."""
+
+    mesh: trimesh.Trimesh
+    color: tuple[float, float, float, float] | None = None
+
+
+class Renderer:
+    """One reusable EGL offscreen context of a fixed image size."""
+
+    def __init__(self, width: int, height: int) -> None:
+        try:
+            import pyrender
+
+            self._renderer = pyrender.OffscreenRenderer(width, height)
+        except Exception as exc:  # the GL stack is missing or broken
+            raise SemcorrError(
+                f"offscreen rendering is unavailable ({type(exc).__name__}: {exc}); install Mesa's EGL "
+                "(Debian: libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri) and keep PYOPENGL_PLATFORM=egl"
+            ) from None
+        self.width, self.height = width, height
+
+    def close(self) -> None:
+        """Release the GL context."""
+        self._renderer.delete()
+
+    def __enter__(self) -> Renderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _scene(self, parts: list[Part], camera: Camera, background: tuple[float, float, float],
+               light_intensity: float):
+        import pyrender
+
+        scene = pyrender.Scene(bg_color=[*background, 1.0], ambient_light=[0.35, 0.35, 0.35])
+        for part in parts:
+            if part.color is None:
+                mesh = pyrender.Mesh.from_trimesh(part.mesh, smooth=False)
+            else:
+                material = pyrender.MetallicRoughnessMaterial(
+                    baseColorFactor=list(part.color), metallicFactor=0.1, roughnessFactor=0.7
+                )
+                mesh = pyrender.Mesh.from_trimesh(part.mesh, material=material, smooth=False)
+            scene.add(mesh)
+        aspect = self.width / self.height
+        scene.add(pyrender.PerspectiveCamera(yfov=camera.yfov, aspectRatio=aspect, znear=0.05, zfar=100.0),
+                  pose=camera.pose)
+        scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=light_intensity), pose=camera.pose)
+        key_light = camera.pose.copy()
+        key_light[:3, :3] = trimesh.transformations.rotation_matrix(0.6, [1, 0, 0])[:3, :3] @ key_light[:3, :3]
+        scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=light_intensity * 0.5), pose=key_light)
+        return scene
+
+    def render(self, parts: list[Part], camera: Camera, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+               light_intensity: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+        """Colour (H, W, 3) uint8 and depth (H, W) float32 (0 where nothing was hit)."""
+        import pyrender
+
+        scene = self._scene(parts, camera, background, light_intensity)
+        color, depth = self._renderer.render(scene, flags=pyrender.RenderFlags.NONE)
+        return np.ascontiguousarray(color[:, :, :3]), depth
+
+    def depth(self, parts: list[Part], camera: Camera) -> np.ndarray:
+        """Depth (H, W) float32 only, 0 where nothing was hit."""
+        import pyrender
+
+        scene = self._scene(parts, camera, (0.0, 0.0, 0.0), 1.0)
+        return self._renderer.render(scene, flags=pyrender.RenderFlags.DEPTH_ONLY)
+
+
+def keypoint_visibility(xy: np.ndarray, depth: np.ndarray, depth_buffer: np.ndarray, tolerance: float) -> np.ndarray:
+    """Which projected 3D surface points are seen, from the depth buffer.
+
+    A point is visible when it lies inside the image, in front of the camera, and no
+    rendered surface is nearer than its own depth minus `tolerance` at its pixel. When
+    its pixel holds no surface (a point on a silhouette edge the rasteriser missed), the
+    covered pixels of its 3x3 neighbourhood decide; a point with no surface around is
+    not visible.
+
+    Args:
+        xy: (N, 2) pixel coordinates.
+        depth: (N,) the points' own depths.
+        depth_buffer: (H, W) rendered depth, 0 for background.
+        tolerance: depth slack in scene units.
+
+    Returns:
+        (N,) bool.
+    """
+    height, width = depth_buffer.shape
+    xy = np.asarray(xy, dtype=np.float64)
+    visible = np.zeros(len(xy), dtype=bool)
+    inside = (
+        np.isfinite(xy).all(axis=1) & (depth > 0)
+        & (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
+    )
+    for index in np.flatnonzero(inside):
+        col, row = int(xy[index, 0]), int(xy[index, 1])
+        centre = depth_buffer[row, col]
+        if centre > 0:
+            candidates = np.array([centre])
+        else:
+            window = depth_buffer[max(row - 1, 0): row + 2, max(col - 1, 0): col + 2]
+            candidates = window[window > 0]
+        visible[index] = bool(candidates.size) and bool((candidates >= depth[index] - tolerance).any())
+    return visible
