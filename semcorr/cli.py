@@ -55,8 +55,8 @@ def print_table(title: str, frame, index_name: str = "") -> None:
     table.add_column(index_name or (frame.index.name or ""))
     for column in frame.columns:
         table.add_column(" ".join(column) if isinstance(column, tuple) else str(column), justify="right")
-    for label, row in frame.iterrows():
-        table.add_row(str(label), *[f"{v:,}" if isinstance(v, int | float) else str(v) for v in row.tolist()])
+    for label, *values in frame.itertuples(name=None):
+        table.add_row(str(label), *[f"{v:,}" if isinstance(v, int | float) else str(v) for v in values])
     console.print(table)
 
 

@@ -58,7 +58,7 @@ class SynthOptions:
 
 @dataclass
 class RenderedView:
-    """One rendered image and its exact labels."""
+    """One rendered image, its exact labels, and the camera and parts (occluder last) it was rendered from."""
 
     color: np.ndarray
     mask: np.ndarray
@@ -68,6 +68,8 @@ class RenderedView:
     distance: float
     truncated: bool
     occluded: bool
+    camera: Camera
+    parts: list[Part]
 
 
 OCCLUDED_FRACTION = 0.05
@@ -152,7 +154,8 @@ def render_view(renderer: Renderer, prototype: Prototype, azimuth_bin: int, opti
         keypoints[visible, 2] = 2
         return RenderedView(color=color, mask=mask, keypoints=keypoints, azimuth_deg=float(azimuth),
                             elevation_deg=float(elevation), distance=distance, truncated=bool(outside.any()),
-                            occluded=bool(occluder is not None and hidden_share >= OCCLUDED_FRACTION))
+                            occluded=bool(occluder is not None and hidden_share >= OCCLUDED_FRACTION),
+                            camera=camera, parts=scene_parts)
     raise RuntimeError(f"no usable view of {prototype.name!r} in {max_tries} tries; widen the sampling ranges")
 
 
