@@ -145,20 +145,26 @@ class Renderer:
         return self._renderer.render(scene, flags=pyrender.RenderFlags.DEPTH_ONLY)
 
 
-def keypoint_visibility(xy: np.ndarray, depth: np.ndarray, depth_buffer: np.ndarray, tolerance: float) -> np.ndarray:
+def keypoint_visibility(xy: np.ndarray, depth: np.ndarray, depth_buffer: np.ndarray,
+                        tolerance: float | np.ndarray, edge_jump: float | np.ndarray = 0.08) -> np.ndarray:
     """Which projected 3D surface points are seen, from the depth buffer.
 
-    A point is visible when it lies inside the image, in front of the camera, and no
-    rendered surface is nearer than its own depth minus `tolerance` at its pixel. When
-    its pixel holds no surface (a point on a silhouette edge the rasteriser missed), the
-    covered pixels of its 3x3 neighbourhood decide; a point with no surface around is
-    not visible.
+    A point is visible when it lies inside the image, in front of the camera, and
+    - its own pixel holds no surface nearer than its depth minus `tolerance` (a point
+      whose pixel is background lies on a silhouette edge the rasteriser missed: nothing
+      hides it there, so it needs only some surface in its 3x3 neighbourhood), and
+    - no pixel of its 3x3 neighbourhood holds a surface nearer by more than
+      `max(3 * tolerance, edge_jump)` (per point): a point within a pixel of an occluding edge, where
+      the pixel grid cannot tell which side it is on, is left unannotated. Smaller depth
+      differences are the slope of the point's own surface and do not count.
 
     Args:
         xy: (N, 2) pixel coordinates.
         depth: (N,) the points' own depths.
         depth_buffer: (H, W) rendered depth, 0 for background.
-        tolerance: depth slack in scene units.
+        tolerance: depth slack in scene units, scalar or (N,).
+        edge_jump: smallest depth jump taken for an occluding edge, in scene units, scalar
+            or (N,); grow it with the pixel footprint so steep surfaces are not mistaken for edges.
 
     Returns:
         (N,) bool.
@@ -170,13 +176,13 @@ def keypoint_visibility(xy: np.ndarray, depth: np.ndarray, depth_buffer: np.ndar
         np.isfinite(xy).all(axis=1) & (depth > 0)
         & (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     )
+    tolerance = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (len(xy),))
+    jump = np.maximum(3 * tolerance, np.broadcast_to(np.asarray(edge_jump, dtype=np.float64), (len(xy),)))
     for index in np.flatnonzero(inside):
         col, row = int(xy[index, 0]), int(xy[index, 1])
+        window = depth_buffer[max(row - 1, 0): row + 2, max(col - 1, 0): col + 2]
+        covered = window[window > 0]
         centre = depth_buffer[row, col]
-        if centre > 0:
-            candidates = np.array([centre])
-        else:
-            window = depth_buffer[max(row - 1, 0): row + 2, max(col - 1, 0): col + 2]
-            candidates = window[window > 0]
-        visible[index] = bool(candidates.size) and bool((candidates >= depth[index] - tolerance).any())
+        seen = centre >= depth[index] - tolerance[index] if centre > 0 else covered.size > 0
+        visible[index] = bool(seen) and bool((covered >= depth[index] - jump[index]).all())
     return visible

@@ -70,10 +70,12 @@ class RenderedView:
     occluded: bool
     camera: Camera
     parts: list[Part]
+    keypoints_3d: np.ndarray
 
 
 OCCLUDED_FRACTION = 0.05
 MIN_VISIBLE_PIXELS = 300
+EDGE_JUMP_PIXELS = 12.0
 
 
 def _jittered_parts(prototype: Prototype, scale: np.ndarray, rng: np.random.Generator) -> list[Part]:
@@ -143,19 +145,21 @@ def render_view(renderer: Renderer, prototype: Prototype, azimuth_bin: int, opti
             continue
         hidden_share = 1.0 - mask.sum() / full_mask.sum()
         vertex_xy, vertex_depth = camera.project(vertices)
-        outside = ((vertex_xy[:, 0] < -1) | (vertex_xy[:, 0] > options.width + 1)
-                   | (vertex_xy[:, 1] < -1) | (vertex_xy[:, 1] > options.height + 1) | (vertex_depth <= 0))
+        outside = ((vertex_xy[:, 0] < 0) | (vertex_xy[:, 0] > options.width)
+                   | (vertex_xy[:, 1] < 0) | (vertex_xy[:, 1] > options.height) | (vertex_depth <= 0))
+        touches_border = full_mask[0].any() or full_mask[-1].any() or full_mask[:, 0].any() or full_mask[:, -1].any()
         xy, kp_depth = camera.project(keypoints_3d)
-        visible = keypoint_visibility(xy, kp_depth, depth, tolerance=0.02 + 0.004 * distance)
+        visible = keypoint_visibility(xy, kp_depth, depth, tolerance=0.02 + 0.004 * distance,
+                                      edge_jump=np.maximum(0.08, EDGE_JUMP_PIXELS * kp_depth / camera.focal))
         if not visible.any():
             continue
         keypoints = np.zeros((len(xy), 3))
         keypoints[visible, :2] = xy[visible]
         keypoints[visible, 2] = 2
         return RenderedView(color=color, mask=mask, keypoints=keypoints, azimuth_deg=float(azimuth),
-                            elevation_deg=float(elevation), distance=distance, truncated=bool(outside.any()),
+                            elevation_deg=float(elevation), distance=distance, truncated=bool(outside.any() or touches_border),
                             occluded=bool(occluder is not None and hidden_share >= OCCLUDED_FRACTION),
-                            camera=camera, parts=scene_parts)
+                            camera=camera, parts=scene_parts, keypoints_3d=keypoints_3d)
     raise RuntimeError(f"no usable view of {prototype.name!r} in {max_tries} tries; widen the sampling ranges")
 
 
