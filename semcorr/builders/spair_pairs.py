@@ -62,7 +62,7 @@ def build_spair_pairs(units: pd.DataFrame, visible: np.ndarray) -> pd.DataFrame:
 
     Returns:
         One row per ordered pair, numbered from 1 in (category, split, source image,
-        target image) order, with ids, azimuth bins, `viewpoint_variation`,
+        target image) order, with `category` and `split` as categoricals, ids, azimuth bins, `viewpoint_variation`,
         `scale_variation`, `truncation`, `occlusion` (codes as in `labels`; -1 for the
         viewpoint where a bin is unknown), `num_shared` and `kps_ids`.
     """
@@ -90,16 +90,17 @@ def build_spair_pairs(units: pd.DataFrame, visible: np.ndarray) -> pd.DataFrame:
     occluded = units["occluded"].to_numpy()
 
     shared = visible[src] & visible[trg]
-    _, kp_index = np.nonzero(shared)
+    kp_index = np.flatnonzero(shared) % max(shared.shape[1], 1)
     num_shared = shared.sum(axis=1)
+    category_codes, category_names = pd.factorize(units["category"], sort=True)
     offsets = np.r_[0, np.cumsum(num_shared)].astype(np.int32)
     kps_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(kp_index.astype(np.int16)))
 
     return pd.DataFrame(
         {
             "pair_id": np.arange(1, len(src) + 1, dtype=np.int64),
-            "category": units["category"].to_numpy()[src],
-            "split": units["split"].to_numpy()[src],
+            "category": pd.Categorical.from_codes(category_codes[src], categories=category_names),
+            "split": pd.Categorical.from_codes(split_rank[src], categories=list(SPLIT_NAMES)),
             "src_image_id": units["image_id"].to_numpy()[src].astype(np.int64),
             "trg_image_id": units["image_id"].to_numpy()[trg].astype(np.int64),
             "src_ann_id": units["ann_id"].to_numpy()[src].astype(np.int64),

@@ -22,7 +22,7 @@ def difficulty_table(pairs: pd.DataFrame) -> pd.DataFrame:
     for column, title, levels in FACTORS:
         for code, level in enumerate(levels):
             hits = pairs[pairs[column] == code]
-            counts = hits.groupby("split").size()
+            counts = hits.groupby("split", observed=True).size()
             values = [int(counts.get(split, 0)) for split in SPLIT_NAMES]
             columns[(title, level)] = values + [sum(values)]
     table = pd.DataFrame(columns, index=[SPLIT_TITLES[s] for s in SPLIT_NAMES] + ["All"])
@@ -32,7 +32,7 @@ def difficulty_table(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def category_table(pairs: pd.DataFrame) -> pd.DataFrame:
     """Table 2: pair counts per category (rows, plus `total`) and split (columns, plus `All`)."""
-    counts = pairs.groupby(["category", "split"]).size().unstack(fill_value=0)
+    counts = pairs.groupby(["category", "split"], observed=True).size().unstack(fill_value=0)
     counts = counts.reindex(columns=list(SPLIT_NAMES), fill_value=0).astype(int)
     counts.columns = [SPLIT_TITLES[s] for s in SPLIT_NAMES]
     counts["All"] = counts.sum(axis=1)

@@ -122,7 +122,7 @@ def _check_pairs(pairs: pd.DataFrame) -> None:
             f"pairs.parquet: pair_id={row.pair_id}: viewpoint variation unknown (an image has no azimuth_bin); "
             "SPair export needs azimuth bins on every paired instance"
         )
-    present = pairs.groupby("category")["split"].unique()
+    present = pairs.groupby("category", observed=True)["split"].unique()
     for category, splits in present.items():
         missing = [s for s in SPLIT_NAMES if s not in set(splits)]
         if missing:
@@ -146,7 +146,7 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
         raise SemcorrError("pairs.parquet: holds no pairs; run `semcorr build-pairs --mode spair` on a split store")
     _check_pairs(pairs)
     instances = {inst.id: inst for inst in dataset.instances}
-    categories = safe_category_names(sorted(pairs["category"].unique()))
+    categories = safe_category_names(sorted(set(pairs["category"].astype(str))))
     units = pd.concat([
         pairs[["category", "src_image_id", "src_ann_id", "src_azimuth_bin"]].set_axis(
             ["category", "image_id", "ann_id", "azimuth_bin"], axis=1),
@@ -168,7 +168,7 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
             _copy_jpeg(dataset.image_root / image.file_name, root / "JPEGImages" / category / f"{stem}.jpg")
             kps = pixel_keypoints(instance, image.width, image.height)
             box = pixel_bndbox(instance.bbox, image.width, image.height)
-            unit_kps[instance.id], unit_box[instance.id] = kps, box
+            unit_kps[int(instance.id)], unit_box[int(instance.id)] = kps, box
             num_keys = max(MIN_KPS_KEYS, len(kps))
             annotation = {
                 "filename": f"{stem}.jpg",
@@ -197,49 +197,13 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
 
         layout_dir = root / "Layout" / "large"
         layout_dir.mkdir(parents=True)
-        kps_ids_all = pa.array(pairs["kps_ids"]).to_pylist()
-        columns = {c: pairs[c].to_numpy() for c in (
-            "pair_id", "category", "split", "src_image_id", "trg_image_id", "src_ann_id", "trg_ann_id",
-            "src_azimuth_bin", "trg_azimuth_bin", "viewpoint_variation", "scale_variation", "truncation",
-            "occlusion")}
         counts = {}
         for split in SPLIT_NAMES:
-            (root / "PairAnnotation" / split).mkdir(parents=True)
-            stems = []
-            for index in np.flatnonzero(columns["split"] == split):
-                category = categories[columns["category"][index]]
-                src_image = dataset.images[int(columns["src_image_id"][index])]
-                trg_image = dataset.images[int(columns["trg_image_id"][index])]
-                src_ann, trg_ann = int(columns["src_ann_id"][index]), int(columns["trg_ann_id"][index])
-                ids = kps_ids_all[index]
-                stem = f"{int(columns['pair_id'][index]):06d}-{names[src_image.id]}-{names[trg_image.id]}:{category}"
-                record = {
-                    "pair_id": int(columns["pair_id"][index]),
-                    "filename": stem,
-                    "src_imname": f"{names[src_image.id]}.jpg",
-                    "trg_imname": f"{names[trg_image.id]}.jpg",
-                    "src_imsize": [src_image.width, src_image.height, 3],
-                    "trg_imsize": [trg_image.width, trg_image.height, 3],
-                    "src_bndbox": unit_box[src_ann],
-                    "trg_bndbox": unit_box[trg_ann],
-                    "category": category,
-                    "src_pose": POSES.get(int(columns["src_azimuth_bin"][index]), "Unspecified"),
-                    "trg_pose": POSES.get(int(columns["trg_azimuth_bin"][index]), "Unspecified"),
-                    "src_kps": unit_kps[src_ann][ids].tolist(),
-                    "trg_kps": unit_kps[trg_ann][ids].tolist(),
-                    "mirror": 0,
-                    "viewpoint_variation": int(columns["viewpoint_variation"][index]),
-                    "scale_variation": int(columns["scale_variation"][index]),
-                    "truncation": int(columns["truncation"][index]),
-                    "occlusion": int(columns["occlusion"][index]),
-                    "kps_ids": [str(k) for k in ids],
-                }
-                (root / "PairAnnotation" / split / f"{stem}.json").write_text(json.dumps(record))
-                stems.append(stem)
-                if progress is not None and len(stems) % 1000 == 0:
-                    progress(1000)
-            if progress is not None:
-                progress(len(stems) % 1000)
+            split_dir = root / "PairAnnotation" / split
+            split_dir.mkdir(parents=True)
+            chosen = pairs[(pairs["split"] == split).to_numpy()]
+            stems = _write_pair_files(chosen, dataset, names, categories, unit_kps, unit_box, str(split_dir),
+                                      progress)
             (layout_dir / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
             counts[split] = len(stems)
         renamed = {dataset.images[i].file_name: f"{s}.jpg" for i, s in names.items()
@@ -248,6 +212,55 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
             {"categories": categories, "images": renamed}, indent=1, sort_keys=True) + "\n")
     return SpairExportReport(root=Path(out_dir), pairs_per_split=counts, categories=categories,
                              images=len(units), renamed_images=renamed)
+
+
+def _write_pair_files(pairs: pd.DataFrame, dataset: Dataset, names: dict[int, str], categories: dict[str, str],
+                      unit_kps: dict[int, np.ndarray], unit_box: dict[int, list[int]], directory: str,
+                      progress: Callable[[int], None] | None) -> list[str]:
+    """Write one PairAnnotation JSON per row into `directory`; returns the stems in row order."""
+    kps_ids_all = pa.array(pairs["kps_ids"]).to_pylist()
+    columns = [pairs[c].to_numpy() for c in (
+        "pair_id", "category", "src_image_id", "trg_image_id", "src_ann_id", "trg_ann_id", "src_azimuth_bin",
+        "trg_azimuth_bin", "viewpoint_variation", "scale_variation", "truncation", "occlusion")]
+    stems = []
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    for (pair_id, category, src_id, trg_id, src_ann, trg_ann, src_bin, trg_bin, viewpoint, scale, truncation,
+         occlusion), ids in zip(zip(*columns), kps_ids_all):
+        src_image, trg_image = dataset.images[int(src_id)], dataset.images[int(trg_id)]
+        src_name, trg_name, category = names[src_image.id], names[trg_image.id], categories[category]
+        stem = f"{int(pair_id):06d}-{src_name}-{trg_name}:{category}"
+        record = {
+            "pair_id": int(pair_id),
+            "filename": stem,
+            "src_imname": f"{src_name}.jpg",
+            "trg_imname": f"{trg_name}.jpg",
+            "src_imsize": [src_image.width, src_image.height, 3],
+            "trg_imsize": [trg_image.width, trg_image.height, 3],
+            "src_bndbox": unit_box[src_ann],
+            "trg_bndbox": unit_box[trg_ann],
+            "category": category,
+            "src_pose": POSES.get(int(src_bin), "Unspecified"),
+            "trg_pose": POSES.get(int(trg_bin), "Unspecified"),
+            "src_kps": unit_kps[src_ann][ids].tolist(),
+            "trg_kps": unit_kps[trg_ann][ids].tolist(),
+            "mirror": 0,
+            "viewpoint_variation": int(viewpoint),
+            "scale_variation": int(scale),
+            "truncation": int(truncation),
+            "occlusion": int(occlusion),
+            "kps_ids": [str(k) for k in ids],
+        }
+        handle = os.open(f"{directory}/{stem}.json", flags, 0o644)
+        try:
+            os.write(handle, json.dumps(record).encode())
+        finally:
+            os.close(handle)
+        stems.append(stem)
+        if progress is not None and len(stems) % 1000 == 0:
+            progress(1000)
+    if progress is not None:
+        progress(len(stems) % 1000)
+    return stems
 
 
 def _instance_mask(instance: Instance, height: int, width: int) -> np.ndarray:
