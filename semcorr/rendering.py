@@ -110,6 +110,9 @@ class Renderer:
         import pyrender
 
         scene = pyrender.Scene(bg_color=[*background, 1.0], ambient_light=[0.35, 0.35, 0.35])
+        # One node holding every part as a primitive: pyrender orders separate nodes by a
+        # set's iteration order, which would make coincident faces flip between runs.
+        primitives = []
         for part in parts:
             if part.color is None:
                 mesh = pyrender.Mesh.from_trimesh(part.mesh, smooth=False)
@@ -118,7 +121,8 @@ class Renderer:
                     baseColorFactor=list(part.color), metallicFactor=0.1, roughnessFactor=0.7
                 )
                 mesh = pyrender.Mesh.from_trimesh(part.mesh, material=material, smooth=False)
-            scene.add(mesh)
+            primitives.extend(mesh.primitives)
+        scene.add(pyrender.Mesh(primitives=primitives))
         aspect = self.width / self.height
         scene.add(pyrender.PerspectiveCamera(yfov=camera.yfov, aspectRatio=aspect, znear=0.05, zfar=100.0),
                   pose=camera.pose)

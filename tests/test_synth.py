@@ -2,6 +2,8 @@
 masks, determinism, and real third-party meshes."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,15 +112,20 @@ def test_flags_masks_and_boxes(synth_store):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    prototypes = [builtin_prototype("car")]
-    options = SynthOptions(images_per_category=4, width=120, height=90, seed=3)
-    for name in ("a", "b"):
-        commands.run_synth(tmp_path / name, prototypes, options)
-    commands.run_synth(tmp_path / "c", prototypes, SynthOptions(images_per_category=4, width=120, height=90, seed=4))
+    """Two separate processes (draw order once depended on a set's iteration order)."""
+
+    def run(name: str, seed: int) -> None:
+        subprocess.run([sys.executable, "-m", "semcorr.cli", "synth", str(tmp_path / name), "--category", "airplane",
+                        "--category", "chair", "--images-per-category", "4", "--size", "120x90", "--seed", str(seed)],
+                       check=True, capture_output=True)
+
+    run("a", 3)
+    run("b", 3)
+    run("c", 4)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 5
+    assert len(files) == 9
     for rel in files:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a" / "annotations.json").read_bytes() != (tmp_path / "c" / "annotations.json").read_bytes()
 
 
