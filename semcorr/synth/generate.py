@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 
 from semcorr import __version__
 from semcorr.builders.labels import azimuth_bin_of
+from semcorr.errors import SemcorrError
 from semcorr.rendering import Camera, Part, Renderer, keypoint_visibility, look_at
 from semcorr.store import IMAGES_DIR, Category, Dataset, ImageInfo, Instance
 from semcorr.synth.prototypes import Prototype
@@ -160,7 +161,8 @@ def render_view(renderer: Renderer, prototype: Prototype, azimuth_bin: int, opti
                             elevation_deg=float(elevation), distance=distance, truncated=bool(outside.any() or touches_border),
                             occluded=bool(occluder is not None and hidden_share >= OCCLUDED_FRACTION),
                             camera=camera, parts=scene_parts, keypoints_3d=keypoints_3d)
-    raise RuntimeError(f"no usable view of {prototype.name!r} in {max_tries} tries; widen the sampling ranges")
+    raise SemcorrError(f"category {prototype.name!r}: no view in {max_tries} tries showed the object and a keypoint; "
+                       "check the schema's keypoints lie on the mesh surface, or widen the sampling ranges")
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:
