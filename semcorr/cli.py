@@ -160,6 +160,61 @@ def export_spair(
         console.print(f"renamed categories (see category_map.json): {renamed}")
 
 
+@app.command("vote-keypoints")
+@handles_errors
+def vote_keypoints(
+    mesh: Annotated[Path, typer.Argument(help="prototype mesh (OBJ, GLB/glTF, PLY, STL, OFF)")],
+    category: Annotated[str, typer.Option(help="category name")],
+    votes: Annotated[Path | None, typer.Option(help="votes CSV: annotator,view,scheme,saliency,completeness,"
+                                                     "uniformity")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default ./<category>-keypoints)")] = None,
+    up_axis: Annotated[str, typer.Option(help="the mesh's up axis")] = "+y",
+    front_axis: Annotated[str, typer.Option(help="the mesh's front axis")] = "+z",
+    size: Annotated[int, typer.Option(min=64, help="view size in pixels")] = 512,
+    max_candidates: Annotated[int, typer.Option(min=1, help="candidates per scheme")] = 24,
+    threshold: Annotated[float, typer.Option(help="a scheme is chosen in a view above this total")] = 0.5,
+    merge_distance: Annotated[float, typer.Option(help="merge radius, prototype longest side = 1")] = 0.06,
+    seed: int = 0,
+) -> None:
+    """Design a category's keypoints on its 3D prototype: three schemes, six views, scored votes."""
+    from semcorr.keypoint_design.design import DesignOptions, design_keypoints
+    from semcorr.keypoint_design.views import VIEW_NAMES
+
+    options = DesignOptions(up_axis=up_axis, front_axis=front_axis, size=size, max_candidates=max_candidates,
+                            threshold=threshold, merge_distance=merge_distance, seed=seed)
+    out = out or Path(f"{category}-keypoints")
+    with progress_bar("vote-keypoints", 8) as advance:
+        result = design_keypoints(mesh, category, out, votes, options, progress=lambda _step: advance(1))
+    scores = result.scores
+    summary = []
+    for view in VIEW_NAMES:
+        row = {"view": view}
+        for scheme in ("skeleton", "contour", "appearance"):
+            cell = scores.loc[(view, scheme)]
+            mark = "*" if cell["chosen"] else " "
+            shown = f"{cell['total']:.2f}{mark}"
+            if cell["source"] == "votes":
+                shown += f" (auto {cell['auto_total']:.2f})"
+            row[scheme] = shown
+        row["keypoints"] = sum(view in extra["views"] for extra in result.schema.keypoint_extra)
+        summary.append(row)
+    import pandas as pd
+
+    print_table("vote-keypoints: weighted totals per view and scheme (* chosen)",
+                pd.DataFrame(summary).set_index("view"))
+    for criterion, alpha in result.agreement.items():
+        console.print(f"agreement ({criterion}): Krippendorff's alpha = {alpha:.2f}")
+    flagged = scores.index[scores.get("vote_disagree", pd.Series(False, index=scores.index)).fillna(False)
+                           .astype(bool)].tolist()
+    if flagged:
+        console.print(f"annotators disagree strongly on: {', '.join(f'{v}/{s}' for v, s in flagged)}")
+    per_scheme = {s: sum(e["scheme"] == s for e in result.schema.keypoint_extra)
+                  for s in ("skeleton", "contour", "appearance")}
+    console.print(f"{len(result.schema.names)} keypoints ({', '.join(f'{k} {v}' for k, v in per_scheme.items())}), "
+                  f"{len(result.schema.flip_pairs)} flip pairs; {result.version_note}")
+    console.print(f"wrote {out}: schema.json, contact_<view>.png x6, voting_sheet.csv, scores.csv, candidates.csv")
+
+
 @app.command()
 @handles_errors
 def validate(dataset: Annotated[Path, typer.Argument(help="dataset directory")]) -> None:

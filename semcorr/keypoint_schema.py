@@ -49,7 +49,8 @@ class KeypointSchema:
         up_axis: the mesh's up axis, one of AXES.
         front_axis: the mesh's front axis, one of AXES.
         mesh: path of the prototype mesh, if the schema names one.
-        extra: per-keypoint extra fields (scheme, views) and the id map, kept as they are.
+        extra: top-level extra fields (the id map from the previous version), kept as they are.
+        keypoint_extra: per-keypoint extra fields (scheme, views, ...), kept as they are.
     """
 
     category: str
@@ -63,6 +64,7 @@ class KeypointSchema:
     front_axis: str = "+z"
     mesh: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    keypoint_extra: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         self.xyz = np.asarray(self.xyz, dtype=np.float64).reshape(-1, 3)
@@ -82,7 +84,7 @@ def load_schema(path: Path) -> KeypointSchema:
     raw = read_json(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("keypoints"), list) or not raw["keypoints"]:
         raise SemcorrError(f"{path}: top level: expected an object with a non-empty 'keypoints' list")
-    names, xyz, descriptions = [], [], []
+    names, xyz, descriptions, keypoint_extra = [], [], [], []
     for index, point in enumerate(raw["keypoints"]):
         coords = point.get("xyz") if isinstance(point, dict) else None
         if not isinstance(point, dict) or "name" not in point or not isinstance(coords, list) or len(coords) != 3:
@@ -90,6 +92,7 @@ def load_schema(path: Path) -> KeypointSchema:
         names.append(str(point["name"]))
         xyz.append([float(v) for v in coords])
         descriptions.append(str(point.get("description", point["name"]).replace("_", " ")))
+        keypoint_extra.append({k: v for k, v in point.items() if k not in ("name", "xyz", "description")})
     index_of = {name: i for i, name in enumerate(names)}
 
     def edges(key: str) -> tuple[tuple[int, int], ...]:
@@ -114,6 +117,7 @@ def load_schema(path: Path) -> KeypointSchema:
             front_axis=str(raw.get("front_axis", "+z")),
             mesh=(path.parent / mesh) if mesh else None,
             extra={k: raw[k] for k in ("id_map",) if k in raw},
+            keypoint_extra=tuple(keypoint_extra) if any(keypoint_extra) else (),
         )
     except ValueError as exc:
         raise SemcorrError(f"{path}: {exc}") from None
@@ -128,8 +132,9 @@ def schema_to_json(schema: KeypointSchema) -> dict[str, Any]:
         "up_axis": schema.up_axis,
         "front_axis": schema.front_axis,
         "keypoints": [
-            {"name": name, "xyz": [round(float(v), 6) for v in point], "description": text}
-            for name, point, text in zip(schema.names, schema.xyz, schema.descriptions)
+            {"name": name, "xyz": [round(float(v), 6) for v in point], "description": text,
+             **(schema.keypoint_extra[i] if schema.keypoint_extra else {})}
+            for i, (name, point, text) in enumerate(zip(schema.names, schema.xyz, schema.descriptions))
         ],
         "skeleton": [[schema.names[a], schema.names[b]] for a, b in schema.skeleton],
         "flip_pairs": [[schema.names[a], schema.names[b]] for a, b in schema.flip_pairs],

@@ -71,6 +71,14 @@ class Camera:
             y = self.height / 2.0 - self.focal * cam[:, 1] / depth
         return np.stack([x, y], axis=1), depth
 
+    def unproject(self, xy: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """World points at pixel coordinates `xy` (N, 2) and viewing-axis depths `depth` (N,)."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        depth = np.asarray(depth, dtype=np.float64).reshape(-1)
+        cam = np.stack([(xy[:, 0] - self.width / 2.0) * depth / self.focal,
+                        -(xy[:, 1] - self.height / 2.0) * depth / self.focal, -depth], axis=1)
+        return cam @ self.pose[:3, :3].T + self.pose[:3, 3]
+
 
 @dataclass
 class Part:
@@ -124,29 +132,44 @@ class Renderer:
             primitives.extend(mesh.primitives)
         scene.add(pyrender.Mesh(primitives=primitives))
         aspect = self.width / self.height
-        scene.add(pyrender.PerspectiveCamera(yfov=camera.yfov, aspectRatio=aspect, znear=0.05, zfar=100.0),
-                  pose=camera.pose)
-        scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=light_intensity), pose=camera.pose)
-        key_light = camera.pose.copy()
-        key_light[:3, :3] = trimesh.transformations.rotation_matrix(0.6, [1, 0, 0])[:3, :3] @ key_light[:3, :3]
-        scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=light_intensity * 0.5), pose=key_light)
-        return scene
+        camera_node = scene.add(pyrender.PerspectiveCamera(yfov=camera.yfov, aspectRatio=aspect, znear=0.05,
+                                                           zfar=100.0), pose=camera.pose)
+        head_light = scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=light_intensity),
+                               pose=camera.pose)
+        key_light = scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=light_intensity * 0.5),
+                              pose=_key_light_pose(camera.pose))
+        return scene, (camera_node, head_light, key_light)
 
     def render(self, parts: list[Part], camera: Camera, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
                light_intensity: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
         """Colour (H, W, 3) uint8 and depth (H, W) float32 (0 where nothing was hit)."""
+        return next(self.render_many(parts, [camera], background, light_intensity))
+
+    def render_many(self, parts: list[Part], cameras: list[Camera],
+                    background: tuple[float, float, float] = (1.0, 1.0, 1.0), light_intensity: float = 3.0):
+        """Yield (colour, depth) for each camera (same yfov), building the scene only once."""
         import pyrender
 
-        scene = self._scene(parts, camera, background, light_intensity)
-        color, depth = self._renderer.render(scene, flags=pyrender.RenderFlags.NONE)
-        return np.ascontiguousarray(color[:, :, :3]), depth
+        scene, (camera_node, head_light, key_light) = self._scene(parts, cameras[0], background, light_intensity)
+        for camera in cameras:
+            scene.set_pose(camera_node, camera.pose)
+            scene.set_pose(head_light, camera.pose)
+            scene.set_pose(key_light, _key_light_pose(camera.pose))
+            color, depth = self._renderer.render(scene, flags=pyrender.RenderFlags.NONE)
+            yield np.ascontiguousarray(color[:, :, :3]), depth
 
     def depth(self, parts: list[Part], camera: Camera) -> np.ndarray:
         """Depth (H, W) float32 only, 0 where nothing was hit."""
         import pyrender
 
-        scene = self._scene(parts, camera, (0.0, 0.0, 0.0), 1.0)
+        scene, _ = self._scene(parts, camera, (0.0, 0.0, 0.0), 1.0)
         return self._renderer.render(scene, flags=pyrender.RenderFlags.DEPTH_ONLY)
+
+
+def _key_light_pose(camera_pose: np.ndarray) -> np.ndarray:
+    pose = camera_pose.copy()
+    pose[:3, :3] = trimesh.transformations.rotation_matrix(0.6, [1, 0, 0])[:3, :3] @ pose[:3, :3]
+    return pose
 
 
 def keypoint_visibility(xy: np.ndarray, depth: np.ndarray, depth_buffer: np.ndarray,

@@ -71,20 +71,33 @@ def load_mesh_parts(path: Path) -> list[Part]:
     meshes = [geom for geom in loaded.dump(concatenate=False) if isinstance(geom, trimesh.Trimesh)]
     meshes = [mesh for mesh in meshes if len(mesh.faces)]
     if not meshes:
-        raise SemcorrError(f"{path}: holds no triangle mesh")
+        raise SemcorrError(f"{path}: holds no triangle mesh (no faces); export the object as a mesh")
+    vertices = np.concatenate([mesh.vertices for mesh in meshes])
+    if not np.isfinite(vertices).all():
+        raise SemcorrError(f"{path}: has non-finite vertex coordinates")
+    extent = vertices.max(axis=0) - vertices.min(axis=0)
+    if sum(len(mesh.faces) for mesh in meshes) < 4 or extent.min() <= 1e-6 * max(extent.max(), 1e-12):
+        raise SemcorrError(f"{path}: the mesh is degenerate (flat or fewer than 4 faces, extent "
+                           f"{', '.join(f'{v:g}' for v in extent)}); a 3D prototype needs volume")
     return [Part(mesh=mesh, color=None) for mesh in meshes]
 
 
-def prototype_from_parts(parts: list[Part], schema: KeypointSchema) -> Prototype:
-    """Normalise parts and the schema's keypoints together into the canonical frame."""
+def canonical_parts(parts: list[Part], up_axis: str = "+y", front_axis: str = "+z") -> tuple[list[Part], np.ndarray]:
+    """Parts moved into the canonical frame, and the 4x4 transform that moved them."""
     bounds = np.array([np.min([p.mesh.bounds[0] for p in parts], axis=0),
                        np.max([p.mesh.bounds[1] for p in parts], axis=0)])
-    transform = canonical_transform(bounds, schema.up_axis, schema.front_axis)
+    transform = canonical_transform(bounds, up_axis, front_axis)
     moved = []
     for part in parts:
         mesh = part.mesh.copy()
         mesh.apply_transform(transform)
         moved.append(Part(mesh=mesh, color=part.color))
+    return moved, transform
+
+
+def prototype_from_parts(parts: list[Part], schema: KeypointSchema) -> Prototype:
+    """Normalise parts and the schema's keypoints together into the canonical frame."""
+    moved, transform = canonical_parts(parts, schema.up_axis, schema.front_axis)
     keypoints = trimesh.transform_points(schema.xyz, transform)
     return Prototype(schema=schema, parts=moved, keypoints_xyz=keypoints)
 

@@ -1,0 +1,185 @@
+"""Scores of each (view, scheme) cell: saliency, completeness, uniformity in [0, 1].
+
+From annotators: a votes CSV (`annotator, view, scheme, saliency, completeness, uniformity`)
+averaged per cell, with Krippendorff's alpha (interval metric) per criterion and a flag
+where annotators disagree strongly. Automatic proxies, computed from the renders:
+
+- saliency: mean, over the scheme's points visible in the view, of the local corner
+  strength of the render (Harris response at the point, divided by the 95th percentile
+  of the response inside the object, clipped to 1): distinctive points score high;
+- completeness: share of the view's silhouette within `coverage_radius` (a fraction of
+  the silhouette's bounding-box diagonal) of some visible point;
+- uniformity: 1 - coefficient of variation of the visible points' nearest-neighbour
+  distances in the image (0 with fewer than 3 visible points): evenly spaced sets score high.
+
+Total = 0.5 saliency + 0.3 completeness + 0.2 uniformity; per view, the schemes whose total
+is above the threshold are chosen.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from semcorr.errors import SemcorrError
+from semcorr.keypoint_design.candidates import SCHEMES, Candidates
+from semcorr.keypoint_design.views import VIEW_NAMES, ViewRender
+
+CRITERIA = ("saliency", "completeness", "uniformity")
+WEIGHTS = {"saliency": 0.5, "completeness": 0.3, "uniformity": 0.2}
+VOTE_COLUMNS = ("annotator", "view", "scheme", *CRITERIA)
+
+
+def weighted_total(scores: pd.DataFrame) -> pd.Series:
+    """0.5 x saliency + 0.3 x completeness + 0.2 x uniformity, row by row."""
+    return sum(weight * scores[name] for name, weight in WEIGHTS.items())
+
+
+def choose(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Add `total` and `chosen` (total strictly above `threshold`) to a view x scheme table."""
+    out = scores.copy()
+    out["total"] = weighted_total(out)
+    out["chosen"] = out["total"] > threshold
+    return out
+
+
+# ---------------------------------------------------------------------------- votes
+
+
+def load_votes(path: Path) -> pd.DataFrame:
+    """Read and validate a votes CSV; SemcorrError naming the file and row of the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemcorrError(f"{path}: votes file not found")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in VOTE_COLUMNS if c not in header]
+        if missing:
+            raise SemcorrError(f"{path}: header: missing column {', '.join(missing)}; expected {', '.join(VOTE_COLUMNS)}")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            record = f"{path}: row {line}"
+            view, scheme = (raw["view"] or "").strip(), (raw["scheme"] or "").strip()
+            if view not in VIEW_NAMES:
+                raise SemcorrError(f"{record}: unknown view {view!r}; use one of {', '.join(VIEW_NAMES)}")
+            if scheme not in SCHEMES:
+                raise SemcorrError(f"{record}: unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+            values = {}
+            for name in CRITERIA:
+                text = (raw[name] or "").strip()
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise SemcorrError(f"{record}: {name} {text!r} is not a number in [0, 1]") from None
+                if not 0.0 <= value <= 1.0:
+                    raise SemcorrError(f"{record}: {name} {value:g} is outside [0, 1]")
+                values[name] = value
+            annotator = (raw["annotator"] or "").strip()
+            if not annotator:
+                raise SemcorrError(f"{record}: empty annotator; name who gave the scores")
+            rows.append({"annotator": annotator, "view": view, "scheme": scheme, **values})
+    if not rows:
+        raise SemcorrError(f"{path}: holds no votes")
+    return pd.DataFrame(rows, columns=list(VOTE_COLUMNS))
+
+
+def aggregate_votes(votes: pd.DataFrame, disagreement: float = 0.25) -> pd.DataFrame:
+    """Mean per (view, scheme) and criterion, the vote count, and a `disagree` flag.
+
+    A cell is flagged when the standard deviation of any criterion across its annotators
+    exceeds `disagreement`.
+    """
+    grouped = votes.groupby(["view", "scheme"])
+    table = grouped[list(CRITERIA)].mean()
+    spread = grouped[list(CRITERIA)].std(ddof=0).fillna(0.0)
+    table["votes"] = grouped.size()
+    table["disagree"] = (spread > disagreement).any(axis=1)
+    for name in CRITERIA:
+        table[f"{name}_std"] = spread[name]
+    return table
+
+
+def krippendorff_alpha_interval(units: list[list[float]]) -> float:
+    """Krippendorff's alpha with the interval metric.
+
+    Args:
+        units: per unit (a view x scheme cell), the values the annotators gave it; units
+            with fewer than two values are not pairable and are ignored.
+
+    Returns:
+        alpha in (-inf, 1]; NaN when there is no variation to measure against.
+    """
+    pairable = [np.asarray(u, dtype=np.float64) for u in units if len(u) >= 2]
+    if not pairable:
+        return float("nan")
+    values = np.concatenate(pairable)
+    n = len(values)
+    observed = sum(((u[:, None] - u[None, :]) ** 2).sum() / (len(u) - 1) for u in pairable) / n
+    expected = ((values[:, None] - values[None, :]) ** 2).sum() / (n * (n - 1))
+    if expected == 0:
+        return float("nan")
+    return float(1.0 - observed / expected)
+
+
+def agreement(votes: pd.DataFrame) -> dict[str, float]:
+    """Krippendorff's alpha per criterion over the (view, scheme) cells."""
+    return {name: krippendorff_alpha_interval([g[name].tolist() for _, g in votes.groupby(["view", "scheme"])])
+            for name in CRITERIA}
+
+
+# ---------------------------------------------------------------------------- automatic proxies
+
+
+def _corner_strength(view: ViewRender) -> np.ndarray:
+    response = np.maximum(view.corner_response, 0.0)
+    inside = response[ndimage.binary_dilation(view.mask, iterations=2)]
+    scale = float(np.percentile(inside, 95)) if inside.size else 0.0
+    return np.clip(response / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(response)
+
+
+def cell_scores(view: ViewRender, xy: np.ndarray, strength_map: np.ndarray, coverage_radius: float = 0.15) -> dict:
+    """Automatic saliency, completeness, uniformity of the visible points `xy` (M, 2) in one view."""
+    if len(xy) == 0 or not view.mask.any():
+        return {"saliency": 0.0, "completeness": 0.0, "uniformity": 0.0}
+    height, width = view.mask.shape
+    cols = np.clip(xy[:, 0].astype(int), 0, width - 1)
+    rows = np.clip(xy[:, 1].astype(int), 0, height - 1)
+    window = ndimage.maximum_filter(strength_map, size=5)
+    saliency = float(window[rows, cols].mean())
+    object_pixels = np.argwhere(view.mask)
+    span = object_pixels.max(axis=0) - object_pixels.min(axis=0)
+    radius = coverage_radius * float(np.hypot(*span))
+    distance, _ = cKDTree(np.stack([rows, cols], axis=1)).query(object_pixels)
+    completeness = float((distance <= radius).mean())
+    if len(xy) >= 3:
+        nearest, _ = cKDTree(xy).query(xy, k=2)
+        gaps = nearest[:, 1]
+        uniformity = float(np.clip(1.0 - gaps.std() / max(gaps.mean(), 1e-9), 0.0, 1.0))
+    else:
+        uniformity = 0.0
+    return {"saliency": saliency, "completeness": completeness, "uniformity": uniformity}
+
+
+def automatic_scores(views: list[ViewRender], candidates: list[Candidates], visibility: dict[str, np.ndarray]
+                     ) -> pd.DataFrame:
+    """The proxies for every (view, scheme) cell, indexed by (view, scheme).
+
+    Args:
+        views: the six grading views.
+        candidates: one Candidates per scheme.
+        visibility: scheme -> (num_views, N) bool visibility of its candidates.
+    """
+    rows = []
+    for view_index, view in enumerate(views):
+        strength_map = _corner_strength(view)
+        for cand in candidates:
+            seen = visibility[cand.scheme][view_index]
+            xy, _ = view.camera.project(cand.xyz[seen])
+            rows.append({"view": view.name, "scheme": cand.scheme, **cell_scores(view, xy, strength_map)})
+    return pd.DataFrame(rows).set_index(["view", "scheme"])
