@@ -128,6 +128,22 @@ def solidify(shell: np.ndarray) -> np.ndarray:
     return shell | (bracketed >= 2)
 
 
+def skeleton_arms(skeleton: np.ndarray) -> np.ndarray:
+    """Per skeleton voxel, how many separate arms leave it: the connected components of its
+    26-neighbourhood (1: an end, 2: along a curve, 3+: a branch); 0 off the skeleton.
+
+    Counting components rather than neighbours keeps a line end that bends into a little
+    triangle of voxels an end point."""
+    padded = np.pad(skeleton, 1)
+    arms = np.zeros(skeleton.shape, dtype=np.int8)
+    full = np.ones((3, 3, 3), dtype=bool)
+    for x, y, z in np.argwhere(skeleton):
+        around = padded[x: x + 3, y: y + 3, z: z + 3].copy()
+        around[1, 1, 1] = False
+        arms[x, y, z] = ndimage.label(around, structure=full)[1]
+    return arms
+
+
 def skeleton_candidates(surface: Surface, max_count: int = 24, resolution: int = 48,
                         dedup_radius: float = 0.05) -> Candidates:
     """End points (limb ends) and branch points of the curve skeleton of the voxelised shape."""
@@ -142,13 +158,14 @@ def skeleton_candidates(surface: Surface, max_count: int = 24, resolution: int =
     occupied = np.zeros(shape, dtype=bool)
     occupied[cells[:, 0], cells[:, 1], cells[:, 2]] = True
     solid = solidify(ndimage.binary_closing(np.pad(occupied, 2), structure=np.ones((3, 3, 3))))
-    skeleton = skeletonize(solid).astype(bool)
+    # scikit-image's 3D thinning drops arms of even voxel thickness on one side of the
+    # shape; thinning the volume and its point reflection and uniting the two keeps every arm
+    skeleton = skeletonize(solid).astype(bool) | skeletonize(solid[::-1, ::-1, ::-1])[::-1, ::-1, ::-1].astype(bool)
     if not skeleton.any():
         raise SemcorrError("the prototype voxelises to nothing: is it a closed, non-degenerate shape?")
-    neighbours = ndimage.convolve(skeleton.astype(np.int16), np.ones((3, 3, 3), dtype=np.int16),
-                                  mode="constant") - 1
-    ends = skeleton & (neighbours == 1)
-    branches = skeleton & (neighbours >= 3)
+    arms = skeleton_arms(skeleton)
+    ends = arms == 1
+    branches = arms >= 3
     end_index, branch_index = np.argwhere(ends) - 2, np.argwhere(branches) - 2
     # a branch point is a cluster of junction voxels: one candidate per cluster
     labelled, count = ndimage.label(np.pad(branches, 0), structure=np.ones((3, 3, 3)))

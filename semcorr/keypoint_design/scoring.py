@@ -44,7 +44,7 @@ def choose(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """Add `total` and `chosen` (total strictly above `threshold`) to a view x scheme table."""
     out = scores.copy()
     out["total"] = weighted_total(out)
-    out["chosen"] = out["total"] > threshold
+    out["chosen"] = out["total"] > threshold + 1e-9  # strictly above, robust to float rounding
     return out
 
 
