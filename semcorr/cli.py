@@ -94,6 +94,41 @@ def synth(
     console.print(f"wrote {out}")
 
 
+@app.command("coco-filter")
+@handles_errors
+def coco_filter(
+    instances: Annotated[Path, typer.Argument(help="COCO instances JSON")],
+    images: Annotated[Path, typer.Argument(help="folder of the COCO images")],
+    out: Annotated[Path, typer.Argument(help="dataset directory to create (replaced if it exists)")],
+    category: Annotated[list[str], typer.Option(help="category to keep (default: the 34 of MISC210K)")] = [],  # noqa: B006
+    keypoints: Annotated[Path | None, typer.Option(help="COCO keypoints JSON to carry over")] = None,
+    min_area: float = 1024.0,
+    max_border_cut: float = 0.25,
+    min_fill: float = 0.2,
+    max_images: int = 300,
+    seed: int = 0,
+) -> None:
+    """Curate COCO images MISC-style: 1-4 clean instances per image, balanced counts."""
+    from semcorr.builders.coco_filter import FilterOptions
+
+    options = FilterOptions(min_area=min_area, max_border_cut=max_border_cut, min_fill=min_fill,
+                            max_images=max_images, seed=seed)
+    result = commands.run_coco_filter(instances, images, out, category or None, keypoints, options)
+    from semcorr.builders.coco_filter import IMAGE_REASONS, INSTANCE_REASONS, RECORD_REASONS
+
+    report = result.report
+    shown = report[["candidate_images", "kept_images", "kept_instances"]].set_axis(["cand", "kept", "inst"], axis=1)
+    shown["rej_inst"] = report[[*RECORD_REASONS, *INSTANCE_REASONS]].sum(axis=1)
+    shown["rej_img"] = report[list(IMAGE_REASONS)].sum(axis=1)
+    for count in range(1, 5):
+        shown[f"n={count}"] = report[f"images_with_{count}"]
+    print_table(f"coco-filter: {len(result.dataset.images)} images, {len(result.dataset.instances)} instances",
+                shown.astype(int), "category")
+    reasons = report[[*RECORD_REASONS, *INSTANCE_REASONS, *IMAGE_REASONS]].sum()
+    console.print("rejected: " + ", ".join(f"{k} {int(v)}" for k, v in reasons.items() if v))
+    console.print(f"wrote {out} (report: {out / 'coco_filter_report.csv'})")
+
+
 @app.command()
 @handles_errors
 def split(

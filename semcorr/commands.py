@@ -129,3 +129,75 @@ def run_export_spair(root: Path, out_dir: Path, progress: Progress = None) -> Sp
     dataset = store.load_dataset(root)
     pairs = store.load_pairs(root)
     return export_spair(dataset, pairs, out_dir, progress=progress)
+
+
+@dataclass
+class FilterResult:
+    """What coco-filter kept and why it turned the rest away."""
+
+    dataset: store.Dataset
+    report: pd.DataFrame
+    path: Path
+
+
+def _read_coco(path: Path) -> dict:
+    coco = store.read_json(path)
+    if not isinstance(coco, dict):
+        raise SemcorrError(f"{path}: top level: expected a COCO object with images, annotations, categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            coco[key] = []
+    return coco
+
+
+def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, categories: list[str] | None = None,
+                    keypoints_json: Path | None = None, options=None) -> FilterResult:
+    """Curate a COCO instances file into a store (see `builders.coco_filter` for the rules)."""
+    from semcorr.builders import coco_filter as cf
+
+    options = options or cf.FilterOptions()
+    coco = _read_coco(instances_json)
+    wanted = set(categories or cf.MISC_CATEGORIES)
+    known = {c.get("name") for c in coco["categories"] if isinstance(c, dict)}
+    if categories and not wanted & known:
+        raise SemcorrError(f"{instances_json}: none of the categories {sorted(wanted)} is in the file")
+    image_dir = Path(image_dir)
+    screened = cf.screen_instances(coco, wanted, options, image_dir)
+    kept, rejected_units = cf.select_images(screened, options)
+    report = cf.selection_report(screened, kept, rejected_units)
+
+    keypoint_anns, keypoint_cats = {}, {}
+    if keypoints_json is not None:
+        extra = _read_coco(keypoints_json)
+        keypoint_anns = {a["id"]: a for a in extra["annotations"] if isinstance(a, dict) and "id" in a}
+        keypoint_cats = {c["id"]: c for c in extra["categories"] if isinstance(c, dict) and "id" in c}
+    raw_anns = {a["id"]: a for a in coco["annotations"] if isinstance(a, dict) and "id" in a}
+    raw_images = {im["id"]: im for im in coco["images"] if isinstance(im, dict) and "id" in im}
+    categories_out = {}
+    for raw in coco["categories"]:
+        if isinstance(raw, dict) and raw.get("name") in set(kept["category"]):
+            schema = keypoint_cats.get(raw["id"], {})
+            categories_out[raw["id"]] = store.Category(
+                id=raw["id"], name=raw["name"], supercategory=raw.get("supercategory", ""),
+                keypoints=tuple(schema.get("keypoints", [])),
+                skeleton=tuple((a - 1, b - 1) for a, b in schema.get("skeleton", [])))
+    images, instances = {}, []
+    for row in kept.itertuples():
+        raw = raw_anns[row.ann_id]
+        image = raw_images[raw["image_id"]]
+        images[image["id"]] = store.ImageInfo(id=image["id"], file_name=image["file_name"], width=image["width"],
+                                              height=image["height"])
+        category = categories_out[raw["category_id"]]
+        flat = keypoint_anns.get(row.ann_id, {}).get("keypoints") or [0] * (3 * category.num_keypoints)
+        instances.append(store.Instance(
+            id=raw["id"], image_id=raw["image_id"], category_id=raw["category_id"], bbox=raw["bbox"],
+            keypoints=store.keypoints_from_coco(flat), segmentation=raw["segmentation"], area=row.area,
+            truncated=bool(row.truncated), extra_attributes={"source": "coco"}))
+    dataset = store.Dataset(images=images, categories=categories_out, instances=instances,
+                            image_root=image_dir.resolve(),
+                            info={"description": f"semcorr coco-filter of {Path(instances_json).name}",
+                                  "image_root": str(image_dir.resolve())})
+    with atomic.staged_directory(Path(out_dir)) as staging:
+        store.save_dataset(dataset, staging)
+        atomic.write_text(staging / "coco_filter_report.csv", report.to_csv())
+    return FilterResult(dataset=dataset, report=report, path=Path(out_dir))
