@@ -146,14 +146,25 @@ def split(
 @handles_errors
 def build_pairs(
     dataset: Annotated[Path, typer.Argument(help="dataset directory with splits.json")],
-    mode: Annotated[str, typer.Option(help="spair")] = "spair",
+    mode: Annotated[str, typer.Option(help="spair or misc")] = "spair",
+    max_pairs: Annotated[int, typer.Option(help="misc: initial ordered pairs per category")] = 30000,
+    threshold: Annotated[float, typer.Option(help="misc: minimum share of keypoint types in both images")] = 0.3,
+    share_of: Annotated[str, typer.Option(help="misc: share denominator: category, union or source")] = "category",
+    seed: int = 0,
 ) -> None:
-    """Build the pairs table (SPair mode: all ordered pairs sharing a visible keypoint)."""
+    """Build the pairs table: SPair (all ordered pairs sharing a visible keypoint) or MISC (sampled, multi-instance)."""
     from semcorr.builders.statistics import category_table
 
-    result = commands.run_build_pairs(dataset, mode)
+    result = commands.run_build_pairs(dataset, mode, max_pairs=max_pairs, threshold=threshold, share_of=share_of,
+                                      seed=seed)
     print_table(f"build-pairs ({mode}): {len(result.pairs):,} pairs", category_table(result.pairs))
     console.print(f"wrote {result.path}")
+    if mode == "misc" and len(result.pairs):
+        pairs = result.pairs
+        console.print(f"instances per image (src): {pairs.src_instances.value_counts().sort_index().to_dict()}; "
+                      f"correspondences per pair: mean {pairs.num_correspondences.mean():.1f}, "
+                      f"max {pairs.num_correspondences.max()}; pairs with overlapping instances "
+                      f"(IoU > 0): {int(((pairs.src_max_overlap > 0) | (pairs.trg_max_overlap > 0)).sum()):,}")
     if len(result.skipped):
         reasons = result.skipped.groupby("reason").size()
         for reason, count in reasons.items():

@@ -77,12 +77,27 @@ class PairsResult:
     path: Path
 
 
-def run_build_pairs(root: Path, mode: str = "spair") -> PairsResult:
-    """Build the pairs table of a split store and write `pairs.parquet`."""
-    if mode != "spair":
-        raise SemcorrError(f"--mode {mode!r} is not available yet; use --mode spair")
+def run_build_pairs(root: Path, mode: str = "spair", max_pairs: int = 30000, threshold: float = 0.3,
+                    share_of: str = "category", seed: int = 0) -> PairsResult:
+    """Build the pairs table of a split store and write `pairs.parquet`.
+
+    Args:
+        root: dataset directory with splits.json.
+        mode: "spair" (single instance, all sharing pairs) or "misc" (multi-instance, sampled).
+        max_pairs, threshold, share_of, seed: MISC sampling and filtering (see `builders.misc_pairs`).
+    """
+    from semcorr.builders.misc_pairs import build_misc_pairs, misc_units
+
+    if mode not in ("spair", "misc"):
+        raise SemcorrError(f"--mode {mode!r}: use spair or misc")
     dataset = store.load_dataset(root)
     splits = store.load_splits(root)
+    if mode == "misc":
+        units, counts = misc_units(dataset, splits)
+        pairs = build_misc_pairs(units, counts, max_pairs=max_pairs, threshold=threshold, denominator=share_of,
+                                 seed=seed)
+        path = store.save_pairs(pairs, root)
+        return PairsResult(pairs=pairs, skipped=pd.DataFrame(columns=["image_id", "category", "reason"]), path=path)
     units, visible, skipped = spair_units(dataset, splits)
     pairs = build_spair_pairs(units, visible)
     path = store.save_pairs(pairs, root)
