@@ -261,6 +261,57 @@ def vote_keypoints(
     console.print(f"wrote {out}: schema.json, contact_<view>.png x6, voting_sheet.csv, scores.csv, candidates.csv")
 
 
+@export_app.command("coco")
+@handles_errors
+def export_coco(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    out: Annotated[Path, typer.Argument(help="COCO keypoints JSON to write")],
+) -> None:
+    """COCO keypoints JSON (pycocotools / COCOeval ready) plus the pairs as <name>.pairs.json."""
+    for path in commands.run_export_coco(dataset, out):
+        console.print(f"wrote {path}")
+
+
+@export_app.command("misc")
+@handles_errors
+def export_misc(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with MISC pairs")],
+    out: Annotated[Path, typer.Argument(help="export directory (replaced if it exists)")],
+) -> None:
+    """One JSON per multi-instance pair with instances, masks and correspondences; split lists."""
+    import pandas as pd
+
+    counts = commands.run_export_misc(dataset, out)
+    print_table("export misc", pd.DataFrame([counts], index=["pairs"]))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with pairs.parquet")],
+    predictions: Annotated[Path | None, typer.Option(help="predictions JSON")] = None,
+    baseline: Annotated[str | None, typer.Option(help="built-in baseline instead: identity")] = None,
+    split: Annotated[str, typer.Option(help="trn, val, test or all")] = "test",
+    alpha: Annotated[list[float], typer.Option(help="PCK / mPCK thresholds")] = [0.05, 0.1, 0.15, 1.0],  # noqa: B006
+    by: Annotated[str, typer.Option(help="SPair PCK radius from the target 'bbox' or 'image'")] = "bbox",
+    out: Annotated[Path | None, typer.Option(help="folder for the CSV tables (default DATASET/evaluation)")] = None,
+) -> None:
+    """PCK (SPair tables 3-5) or mPCK with Kuhn-Munkres matching (MISC table 2) of predictions."""
+    result, out_dir = commands.run_evaluate(dataset, predictions, baseline, split, tuple(alpha), by, out)
+    titles = {"pck_by_category": "PCK by category (SPair Table 3)",
+              "pck_by_difficulty": "PCK by difficulty (SPair Table 4)",
+              "pck_others_easy": "PCK, other factors easy/none (SPair Table 5)",
+              "mpck_by_category": "mPCK by category (MISC Table 2)"}
+    for name, table in result.tables.items():
+        frame = table.copy()
+        if frame.index.nlevels > 1:
+            frame.index = [" ".join(map(str, i)) for i in frame.index]
+        print_table(titles[name], frame.fillna(float("nan")), "")
+    console.print(f"{result.pairs:,} pairs evaluated ({result.missing:,} without a prediction, scored 0)")
+    console.print(f"wrote {out_dir}")
+
+
 @app.command()
 @handles_errors
 def validate(dataset: Annotated[Path, typer.Argument(help="dataset directory")]) -> None:

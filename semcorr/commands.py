@@ -216,3 +216,52 @@ def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, catego
         store.save_dataset(dataset, staging)
         atomic.write_text(staging / "coco_filter_report.csv", report.to_csv())
     return FilterResult(dataset=dataset, report=report, path=Path(out_dir))
+
+
+def run_export_coco(root: Path, out_path: Path) -> list[Path]:
+    """COCO keypoints JSON of a store, with its pairs (if any) as a sidecar."""
+    from semcorr.exports.coco import export_coco
+
+    dataset = store.load_dataset(root, check_files=False)
+    pairs = store.load_pairs(root) if (Path(root) / store.PAIRS_FILE).exists() else None
+    return export_coco(dataset, out_path, pairs)
+
+
+def run_export_misc(root: Path, out_dir: Path) -> dict[str, int]:
+    """MISC-style export of a store's multi-instance pairs."""
+    from semcorr.exports.misc import export_misc
+
+    return export_misc(store.load_dataset(root), store.load_pairs(root), out_dir)
+
+
+def run_evaluate(root: Path, predictions: Path | None, baseline: str | None, split: str | None,
+                 alphas: tuple[float, ...], by: str, out_dir: Path | None):
+    """Evaluate predictions (or a built-in baseline) on a store's pairs; tables to CSV."""
+    from semcorr.evaluation import evaluate as ev
+
+    if (predictions is None) == (baseline is None):
+        raise SemcorrError("give exactly one of --predictions FILE or --baseline identity")
+    if baseline not in (None, "identity"):
+        raise SemcorrError(f"--baseline {baseline!r}: the built-in baseline is 'identity'")
+    if by not in ("bbox", "image"):
+        raise SemcorrError(f"--by {by!r}: use bbox (SPair) or image")
+    dataset = store.load_dataset(root, check_files=False)
+    pairs = store.load_pairs(root)
+    if split not in (None, "all"):
+        if split not in store.SPLIT_NAMES:
+            raise SemcorrError(f"--split {split!r}: use one of {', '.join(store.SPLIT_NAMES)} or all")
+        pairs = pairs[(pairs["split"] == split).to_numpy()].reset_index(drop=True)
+    if pairs.empty:
+        raise SemcorrError(f"{Path(root) / store.PAIRS_FILE}: no pairs in split {split}")
+    if predictions is not None:
+        preds, source = ev.load_predictions(predictions), str(predictions)
+    else:
+        preds, source = ev.identity_predictions(dataset, pairs), "identity baseline"
+    if ev.is_misc(pairs):
+        result = ev.evaluate_misc(dataset, pairs, preds, alphas, source=source)
+    else:
+        result = ev.evaluate_spair(dataset, pairs, preds, alphas, by=by, source=source)
+    out_dir = Path(out_dir) if out_dir else Path(root) / "evaluation"
+    for name, table in result.tables.items():
+        atomic.write_text(out_dir / f"{name}.csv", table.to_csv())
+    return result, out_dir

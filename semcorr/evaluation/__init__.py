@@ -1,0 +1,1 @@
+"""Evaluation: PCK (SPair), mPCK with Kuhn-Munkres matching and mask mIoU (MISC)."""

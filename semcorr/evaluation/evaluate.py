@@ -1,0 +1,179 @@
+"""`semcorr evaluate`: predictions against a dataset directory, as the papers' tables.
+
+Predictions JSON, keyed by pair id::
+
+    {"pairs": {"17": {"trg_kps": [[x, y], ...]}}}              SPair pairs: one point per kps_id, in order
+    {"pairs": {"17": {"points": [[x, y, kp_id], ...],          MISC pairs: any number of points
+                      "masks": [<COCO RLE>, ...]}}}            optional predicted target instance masks
+
+Pairs of the evaluated split without a prediction score 0 and are counted in the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from semcorr.builders.labels import FLAG_LEVELS, SCALE_LEVELS, VIEWPOINT_LEVELS
+from semcorr.errors import SemcorrError
+from semcorr.evaluation import metrics
+from semcorr.store import Dataset, Instance, read_json
+
+DEFAULT_ALPHAS = (0.05, 0.1, 0.15, 1.0)
+SPAIR_FACTORS = (("viewpoint_variation", "viewpoint", VIEWPOINT_LEVELS), ("scale_variation", "scale", SCALE_LEVELS),
+                 ("truncation", "truncation", FLAG_LEVELS), ("occlusion", "occlusion", FLAG_LEVELS))
+
+
+@dataclass
+class EvaluationResult:
+    """The tables of one evaluation."""
+
+    mode: str
+    tables: dict[str, pd.DataFrame]
+    pairs: int
+    missing: int
+    notes: list[str] = field(default_factory=list)
+
+
+def is_misc(pairs: pd.DataFrame) -> bool:
+    """A MISC pairs table (multi-instance) rather than an SPair one."""
+    return "src_instances" in pairs.columns
+
+
+def _instances_by_unit(dataset: Dataset) -> dict[tuple[int, str], list[Instance]]:
+    groups: dict[tuple[int, str], list[Instance]] = {}
+    for inst in dataset.instances:
+        groups.setdefault((inst.image_id, dataset.categories[inst.category_id].name), []).append(inst)
+    return groups
+
+
+def identity_predictions(dataset: Dataset, pairs: pd.DataFrame) -> dict:
+    """The identity-mapping baseline: each source keypoint at the same normalised position in the target."""
+    groups = _instances_by_unit(dataset)
+    out = {}
+    for row, ids in zip(pairs.itertuples(index=False), pa.array(pairs["kps_ids"]).to_pylist()):
+        src_image, trg_image = dataset.images[int(row.src_image_id)], dataset.images[int(row.trg_image_id)]
+        scale = np.array([trg_image.width / src_image.width, trg_image.height / src_image.height])
+        sources = groups[(int(row.src_image_id), str(row.category))]
+        if is_misc(pairs):
+            points = [[*(inst.keypoints[k, :2] * scale).round(2).tolist(), k] for inst in sources for k in ids
+                      if inst.visible[k]]
+            out[str(int(row.pair_id))] = {"points": points}
+        else:
+            out[str(int(row.pair_id))] = {"trg_kps": (sources[0].keypoints[ids, :2] * scale).round(2).tolist()}
+    return {"pairs": out}
+
+
+def load_predictions(path: Path) -> dict:
+    """Read a predictions JSON (structure checked against the pairs in `evaluate`)."""
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("pairs"), dict):
+        raise SemcorrError(f"{path}: top level: expected {{\"pairs\": {{pair_id: prediction}}}}")
+    return raw
+
+
+def _check_known(predictions: dict, pairs: pd.DataFrame, source: str) -> None:
+    known = set(pairs["pair_id"].astype(str))
+    for key in predictions["pairs"]:
+        if key not in known:
+            raise SemcorrError(f"{source}: pair {key}: no such pair in pairs.parquet (or not in the evaluated split)")
+
+
+def _threshold_side(image, bbox: np.ndarray, by: str) -> float:
+    return float(max(bbox[2], bbox[3])) if by == "bbox" else float(max(image.width, image.height))
+
+
+def evaluate_spair(dataset: Dataset, pairs: pd.DataFrame, predictions: dict, alphas=DEFAULT_ALPHAS, by: str = "bbox",
+                   source: str = "predictions") -> EvaluationResult:
+    """PCK tables: per category (Table 3), per difficulty level (Table 4), other factors easy (Table 5)."""
+    _check_known(predictions, pairs, source)
+    groups = _instances_by_unit(dataset)
+    ids_all = pa.array(pairs["kps_ids"]).to_pylist()
+    preds, gts, index, sides, missing = [], [], [], [], 0
+    for pair_index, (row, ids) in enumerate(zip(pairs.itertuples(index=False), ids_all)):
+        target = groups[(int(row.trg_image_id), str(row.category))][0]
+        gt = target.keypoints[ids, :2]
+        entry = predictions["pairs"].get(str(int(row.pair_id)))
+        if entry is None:
+            missing += 1
+            pred = np.full_like(gt, np.inf)
+        else:
+            pred = np.asarray(entry.get("trg_kps", []), dtype=np.float64).reshape(-1, 2) if entry.get(
+                "trg_kps") else np.zeros((0, 2))
+            if len(pred) != len(ids):
+                raise SemcorrError(f"{source}: pair {int(row.pair_id)}: {len(pred)} predicted points for "
+                                   f"{len(ids)} keypoints (kps_ids {ids}); give one [x, y] per kps_id, in order")
+        preds.append(pred)
+        gts.append(gt)
+        index.append(np.full(len(ids), pair_index))
+        sides.append(_threshold_side(dataset.images[int(row.trg_image_id)], target.bbox, by))
+    pred, gt, index = np.concatenate(preds), np.concatenate(gts), np.concatenate(index)
+    sides = np.array(sides)
+    scores = pd.DataFrame({"category": pairs["category"].astype(str).to_numpy()})
+    for alpha in alphas:
+        scores[f"PCK@{alpha:g}"] = metrics.pck_per_pair(pred, gt, index, alpha * sides, len(pairs)) * 100
+    for column, _, _ in SPAIR_FACTORS:
+        scores[column] = pairs[column].to_numpy()
+    value_columns = [f"PCK@{a:g}" for a in alphas]
+    per_category = scores.groupby("category")[value_columns].mean()
+    per_category.loc["All"] = scores[value_columns].mean()
+    rows4, rows5 = [], []
+    for column, name, levels in SPAIR_FACTORS:
+        others = [c for c, _, _ in SPAIR_FACTORS if c != column]
+        easy_others = (scores[others] == 0).all(axis=1)
+        for code, level in enumerate(levels):
+            hit = scores[column] == code
+            rows4.append({"factor": name, "level": level, "pairs": int(hit.sum()),
+                          **scores.loc[hit, value_columns].mean().to_dict()})
+            rows5.append({"factor": name, "level": level, "pairs": int((hit & easy_others).sum()),
+                          **scores.loc[hit & easy_others, value_columns].mean().to_dict()})
+    tables = {"pck_by_category": per_category.round(1),
+              "pck_by_difficulty": pd.DataFrame(rows4).set_index(["factor", "level"]).round(1),
+              "pck_others_easy": pd.DataFrame(rows5).set_index(["factor", "level"]).round(1)}
+    return EvaluationResult("spair", tables, len(pairs), missing)
+
+
+def evaluate_misc(dataset: Dataset, pairs: pd.DataFrame, predictions: dict, alphas=DEFAULT_ALPHAS,
+                  source: str = "predictions") -> EvaluationResult:
+    """mPCK per category and alpha (MISC Table 2 layout), with mIoU when masks are predicted."""
+    from semcorr.builders.coco_filter import decode_mask
+
+    _check_known(predictions, pairs, source)
+    groups = _instances_by_unit(dataset)
+    ids_all = pa.array(pairs["kps_ids"]).to_pylist()
+    rows, missing = [], 0
+    for row, ids in zip(pairs.itertuples(index=False), ids_all):
+        image = dataset.images[int(row.trg_image_id)]
+        targets = groups[(int(row.trg_image_id), str(row.category))]
+        gt_points = [(inst.keypoints[k, :2], k) for inst in targets for k in ids if inst.visible[k]]
+        gt = np.array([p for p, _ in gt_points]).reshape(-1, 2)
+        gt_ids = np.array([k for _, k in gt_points], dtype=np.int64)
+        entry = predictions["pairs"].get(str(int(row.pair_id)))
+        if entry is None:
+            missing += 1
+            entry = {"points": []}
+        raw_points = entry.get("points", [])
+        if any(not isinstance(p, list) or len(p) != 3 for p in raw_points):
+            raise SemcorrError(f"{source}: pair {int(row.pair_id)}: every point must be [x, y, kp_id]")
+        points = np.asarray(raw_points, dtype=np.float64).reshape(-1, 3)
+        record = {"category": str(row.category)}
+        radius_side = max(image.width, image.height)
+        for alpha in alphas:
+            tp, fp, fn = metrics.mpck_pair(points[:, :2], points[:, 2].astype(np.int64), gt, gt_ids,
+                                           alpha * radius_side)
+            record[f"mPCK@{alpha:g}"] = metrics.pair_score(tp, fp) * 100
+            record[f"FN@{alpha:g}"] = fn
+        if "masks" in entry:
+            pred_masks = [decode_mask(m, image.height, image.width) for m in entry["masks"]]
+            gt_masks = [decode_mask(t.segmentation, image.height, image.width) for t in targets if t.segmentation]
+            record["mIoU"] = metrics.mask_iou_matched(pred_masks, gt_masks) * 100
+        rows.append(record)
+    scores = pd.DataFrame(rows)
+    value_columns = [c for c in scores.columns if c.startswith("mPCK@")] + (["mIoU"] if "mIoU" in scores else [])
+    table = scores.groupby("category")[value_columns].mean()
+    table.loc["All"] = scores[value_columns].mean()
+    return EvaluationResult("misc", {"mpck_by_category": table.round(1)}, len(pairs), missing)
