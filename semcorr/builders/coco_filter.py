@@ -180,7 +180,8 @@ def selection_report(screened: pd.DataFrame, kept: pd.DataFrame, rejected_units:
         sub = screened[screened["category"] == category]
         kept_sub = kept[kept["category"] == category]
         per_image = kept_sub.groupby("image_id").size()
-        row = {"category": category, "candidate_images": int(sub["image_id"].nunique()),
+        real = sub[~sub["reason"].isin(("bad_record", "unknown_image"))]
+        row = {"category": category, "candidate_images": int(real["image_id"].nunique()),
                "kept_images": int(per_image.size), "kept_instances": int(len(kept_sub))}
         for reason in RECORD_REASONS + INSTANCE_REASONS:
             row[reason] = int((sub["reason"] == reason).sum())
