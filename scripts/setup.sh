@@ -24,5 +24,9 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# torch: the pinned CPU build first (this machine image ships its wheel; a plain `torch`
+# requirement would pull a multi-GB CUDA build)
+.venv/bin/python -c "import torch" >/dev/null 2>&1 || \
+  .venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test,torch]'
 echo "setup: ready (.venv/bin/semcorr)"
