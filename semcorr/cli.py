@@ -314,6 +314,24 @@ def evaluate(
 
 @app.command()
 @handles_errors
+def viewpoint(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    schema: Annotated[list[Path], typer.Option(help="keypoint schema with 3D points (vote-keypoints output)")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option(help="replace azimuth bins that are already set")] = False,
+) -> None:
+    """Estimate azimuth bins from keypoints (weak-perspective fit to the prototype) for COCO data."""
+    table = commands.run_viewpoint(dataset, schema, overwrite)
+    if table.empty:
+        console.print("no instance had 4 or more labelled keypoints of a category with a prototype")
+        return
+    summary = table.groupby("category").agg(instances=("ann_id", "count"), written=("written", "sum"),
+                                            mean_confidence=("confidence", "mean"))
+    print_table("viewpoint: estimated azimuths", summary.round(2))
+    console.print(f"wrote {dataset / 'annotations.json'}")
+
+
+@app.command()
+@handles_errors
 def validate(dataset: Annotated[Path, typer.Argument(help="dataset directory")]) -> None:
     """Check annotations.json (and splits.json, pairs.parquet when present)."""
     from semcorr import store

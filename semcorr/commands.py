@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from semcorr import atomic, store
@@ -265,3 +266,43 @@ def run_evaluate(root: Path, predictions: Path | None, baseline: str | None, spl
     for name, table in result.tables.items():
         atomic.write_text(out_dir / f"{name}.csv", table.to_csv())
     return result, out_dir
+
+
+def run_viewpoint(root: Path, schemas: list[Path], overwrite: bool = False) -> pd.DataFrame:
+    """Estimate azimuth bins of instances from their keypoints and the category prototypes.
+
+    Prototypes come from keypoint schema files (`vote-keypoints` output, or any schema with
+    its mesh) and, for categories named like a built-in one, from the built-in. Instances
+    that already have an azimuth bin keep it unless `overwrite`. Returns one row per
+    instance tried (ann_id, category, azimuth_deg, azimuth_bin, confidence, written).
+    """
+    from semcorr.builders.viewpoint import estimate_viewpoint
+
+    dataset = store.load_dataset(root, check_files=False)
+    prototypes = {p.name: p for p in resolve_prototypes([], schemas, [])} if schemas else {}
+    for category in dataset.categories.values():
+        if category.name not in prototypes and category.name in BUILTIN_CATEGORIES:
+            prototypes[category.name] = builtin_prototype(category.name)
+    if not prototypes:
+        raise SemcorrError("no 3D keypoints for any category: pass --schema (from `semcorr vote-keypoints`)")
+    rows = []
+    for inst in dataset.instances:
+        category = dataset.categories[inst.category_id]
+        prototype = prototypes.get(category.name)
+        if prototype is None:
+            continue
+        index = {name: i for i, name in enumerate(prototype.schema.names)}
+        xyz = np.array([prototype.keypoints_xyz[index[n]] if n in index else [np.nan] * 3 for n in category.keypoints])
+        estimate = estimate_viewpoint(xyz.reshape(-1, 3), inst.keypoints, inst.bbox)
+        if estimate is None:
+            continue
+        write = overwrite or inst.azimuth_bin is None
+        if write:
+            inst.azimuth_bin = estimate.azimuth_bin
+            inst.extra_attributes.update({"azimuth_deg_est": round(estimate.azimuth_deg, 2),
+                                          "viewpoint_confidence": round(estimate.confidence, 4),
+                                          "viewpoint_source": "weak-perspective fit"})
+        rows.append({"ann_id": inst.id, "category": category.name, "azimuth_deg": estimate.azimuth_deg,
+                     "azimuth_bin": estimate.azimuth_bin, "confidence": estimate.confidence, "written": write})
+    store.save_dataset(dataset, root)
+    return pd.DataFrame(rows, columns=["ann_id", "category", "azimuth_deg", "azimuth_bin", "confidence", "written"])
