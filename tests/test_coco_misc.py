@@ -291,3 +291,19 @@ def test_viewpoint_from_keypoints_on_synthetic_truth(store_copy):
 
     keypoints = np.column_stack([xy, np.full(6, 2.0)])
     assert estimate_viewpoint(xyz, keypoints, np.array([0, 0, 100, 100])).azimuth_deg == pytest.approx(100.0)
+
+
+def test_mpck_batch_equals_per_pair_kuhn_munkres():
+    rng = np.random.default_rng(4)
+    pairs = 400
+    pred = [(p, int(rng.integers(0, 3)), *rng.uniform(0, 20, 2)) for p in range(pairs) for _ in range(rng.integers(0, 12))]
+    gt = [(p, int(rng.integers(0, 3)), *rng.uniform(0, 20, 2)) for p in range(pairs) for _ in range(rng.integers(0, 12))]
+    pred, gt = np.array(pred), np.array(gt)
+    radius = rng.uniform(1, 6, pairs)
+    tp, fp, fn = metrics.mpck_batch(pred[:, 0], pred[:, 1].astype(int), pred[:, 2:], gt[:, 0], gt[:, 1].astype(int),
+                                    gt[:, 2:], radius, pairs)
+    for p in range(pairs):
+        mine, theirs = pred[pred[:, 0] == p], gt[gt[:, 0] == p]
+        assert (tp[p], fp[p], fn[p]) == metrics.mpck_pair(mine[:, 2:], mine[:, 1], theirs[:, 2:], theirs[:, 1],
+                                                          radius[p])
+    assert (np.bincount(pred[:, 1].astype(int) + 3 * pred[:, 0].astype(int)) > 4).any()  # the fallback path ran

@@ -145,13 +145,13 @@ def evaluate_misc(dataset: Dataset, pairs: pd.DataFrame, predictions: dict, alph
     _check_known(predictions, pairs, source)
     groups = _instances_by_unit(dataset)
     ids_all = pa.array(pairs["kps_ids"]).to_pylist()
-    rows, missing = [], 0
-    for row, ids in zip(pairs.itertuples(index=False), ids_all):
+    gt_parts, pred_parts, sides, ious, missing = [], [], [], [], 0
+    for pair_index, (row, ids) in enumerate(zip(pairs.itertuples(index=False), ids_all)):
         image = dataset.images[int(row.trg_image_id)]
         targets = groups[(int(row.trg_image_id), str(row.category))]
-        gt_points = [(inst.keypoints[k, :2], k) for inst in targets for k in ids if inst.visible[k]]
-        gt = np.array([p for p, _ in gt_points]).reshape(-1, 2)
-        gt_ids = np.array([k for _, k in gt_points], dtype=np.int64)
+        for inst in targets:
+            shown = [k for k in ids if inst.visible[k]]
+            gt_parts.append(np.column_stack([np.full(len(shown), pair_index), shown, inst.keypoints[shown, :2]]))
         entry = predictions["pairs"].get(str(int(row.pair_id)))
         if entry is None:
             missing += 1
@@ -160,20 +160,27 @@ def evaluate_misc(dataset: Dataset, pairs: pd.DataFrame, predictions: dict, alph
         if any(not isinstance(p, list) or len(p) != 3 for p in raw_points):
             raise SemcorrError(f"{source}: pair {int(row.pair_id)}: every point must be [x, y, kp_id]")
         points = np.asarray(raw_points, dtype=np.float64).reshape(-1, 3)
-        record = {"category": str(row.category)}
-        radius_side = max(image.width, image.height)
-        for alpha in alphas:
-            tp, fp, fn = metrics.mpck_pair(points[:, :2], points[:, 2].astype(np.int64), gt, gt_ids,
-                                           alpha * radius_side)
-            record[f"mPCK@{alpha:g}"] = metrics.pair_score(tp, fp) * 100
-            record[f"FN@{alpha:g}"] = fn
+        pred_parts.append(np.column_stack([np.full(len(points), pair_index), points[:, 2], points[:, :2]]))
+        sides.append(max(image.width, image.height))
         if "masks" in entry:
             pred_masks = [decode_mask(m, image.height, image.width) for m in entry["masks"]]
             gt_masks = [decode_mask(t.segmentation, image.height, image.width) for t in targets if t.segmentation]
-            record["mIoU"] = metrics.mask_iou_matched(pred_masks, gt_masks) * 100
-        rows.append(record)
-    scores = pd.DataFrame(rows)
-    value_columns = [c for c in scores.columns if c.startswith("mPCK@")] + (["mIoU"] if "mIoU" in scores else [])
+            ious.append(metrics.mask_iou_matched(pred_masks, gt_masks) * 100)
+        else:
+            ious.append(np.nan)
+    gt = np.concatenate(gt_parts) if gt_parts else np.zeros((0, 4))
+    pred = np.concatenate(pred_parts) if pred_parts else np.zeros((0, 4))
+    sides = np.array(sides, dtype=np.float64)
+    scores = pd.DataFrame({"category": pairs["category"].astype(str).to_numpy()})
+    for alpha in alphas:
+        tp, fp, fn = metrics.mpck_batch(pred[:, 0], pred[:, 1].astype(np.int64), pred[:, 2:], gt[:, 0],
+                                        gt[:, 1].astype(np.int64), gt[:, 2:], alpha * sides, len(pairs))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores[f"mPCK@{alpha:g}"] = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0) * 100
+    value_columns = [f"mPCK@{a:g}" for a in alphas]
+    if not np.isnan(ious).all():
+        scores["mIoU"] = ious
+        value_columns.append("mIoU")
     table = scores.groupby("category")[value_columns].mean()
     table.loc["All"] = scores[value_columns].mean()
     return EvaluationResult("misc", {"mpck_by_category": table.round(1)}, len(pairs), missing)

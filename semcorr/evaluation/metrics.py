@@ -85,3 +85,54 @@ def mask_iou_matched(pred_masks: list[np.ndarray], gt_masks: list[np.ndarray]) -
             iou[i, j] = np.logical_and(p, g).sum() / union if union else 0.0
     rows, cols = linear_sum_assignment(-iou)
     return float(iou[rows, cols].sum() / len(gt_masks))
+
+
+_PERMUTATIONS_4 = np.array(list(__import__("itertools").permutations(range(4))), dtype=np.int64)
+
+
+def mpck_batch(pred_pair: np.ndarray, pred_kp: np.ndarray, pred_xy: np.ndarray, gt_pair: np.ndarray,
+               gt_kp: np.ndarray, gt_xy: np.ndarray, radius: np.ndarray, num_pairs: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(TP, FP, FN) per pair for many pairs at once; identical to `mpck_pair` pair by pair.
+
+    Points are grouped by (pair, keypoint id). A group's TP is the largest number of
+    prediction-truth matches within the pair's radius (what Kuhn-Munkres with prohibitive
+    costs beyond the radius finds). Groups of at most 4 x 4 points, the common case with 1 to 4
+    instances, are solved at once by trying all 24 assignments; larger ones go to
+    `matched_within`.
+    """
+    pred_pair, gt_pair = np.asarray(pred_pair, np.int64), np.asarray(gt_pair, np.int64)
+    pred_xy, gt_xy = np.asarray(pred_xy, float).reshape(-1, 2), np.asarray(gt_xy, float).reshape(-1, 2)
+    span = int(max(np.max(pred_kp, initial=0), np.max(gt_kp, initial=0))) + 1
+    pred_key = pred_pair * span + np.asarray(pred_kp, np.int64)
+    gt_key = gt_pair * span + np.asarray(gt_kp, np.int64)
+    pred_order, gt_order = np.argsort(pred_key, kind="stable"), np.argsort(gt_key, kind="stable")
+    pred_key, pred_xy = pred_key[pred_order], pred_xy[pred_order]
+    gt_key, gt_xy = gt_key[gt_order], gt_xy[gt_order]
+    keys = np.intersect1d(pred_key, gt_key)
+    p_start, p_end = np.searchsorted(pred_key, keys, "left"), np.searchsorted(pred_key, keys, "right")
+    g_start, g_end = np.searchsorted(gt_key, keys, "left"), np.searchsorted(gt_key, keys, "right")
+    p_count, g_count = p_end - p_start, g_end - g_start
+    group_pair = keys // span
+    group_radius = np.asarray(radius, float)[group_pair]
+    tp_group = np.zeros(len(keys), dtype=np.int64)
+    small = (p_count <= 4) & (g_count <= 4)
+    offsets = np.arange(4)
+    small_index = np.flatnonzero(small)
+    for chunk in np.array_split(small_index, max(1, len(small_index) // 100_000)):  # bounded memory
+        rows = p_start[chunk, None] + offsets
+        cols = g_start[chunk, None] + offsets
+        row_ok, col_ok = offsets < p_count[chunk, None], offsets < g_count[chunk, None]
+        a = pred_xy[np.minimum(rows, len(pred_xy) - 1)]
+        b = gt_xy[np.minimum(cols, len(gt_xy) - 1)]
+        distance = np.linalg.norm(a[:, :, None, :] - b[:, None, :, :], axis=3)
+        inside = (distance <= group_radius[chunk, None, None]) & row_ok[:, :, None] & col_ok[:, None, :]
+        chosen = inside[:, offsets[None, :], _PERMUTATIONS_4]  # (groups, 24, 4)
+        tp_group[chunk] = chosen.sum(axis=2).max(axis=1)
+    for index in np.flatnonzero(~small):
+        tp_group[index] = matched_within(pred_xy[p_start[index]:p_end[index]], gt_xy[g_start[index]:g_end[index]],
+                                         group_radius[index])
+    tp = np.bincount(group_pair, weights=tp_group, minlength=num_pairs).astype(np.int64)
+    predicted = np.bincount(pred_pair, minlength=num_pairs)
+    truth = np.bincount(gt_pair, minlength=num_pairs)
+    return tp, predicted - tp, truth - tp
