@@ -102,6 +102,7 @@ def coco_filter(
     out: Annotated[Path, typer.Argument(help="dataset directory to create (replaced if it exists)")],
     category: Annotated[list[str], typer.Option(help="category to keep (default: the 34 of MISC210K)")] = [],  # noqa: B006
     keypoints: Annotated[Path | None, typer.Option(help="COCO keypoints JSON to carry over")] = None,
+    schema: Annotated[list[Path], typer.Option(help="keypoint schema JSON giving a category its keypoints")] = [],  # noqa: B006
     min_area: float = 1024.0,
     max_border_cut: float = 0.25,
     min_fill: float = 0.2,
@@ -113,7 +114,7 @@ def coco_filter(
 
     options = FilterOptions(min_area=min_area, max_border_cut=max_border_cut, min_fill=min_fill,
                             max_images=max_images, seed=seed)
-    result = commands.run_coco_filter(instances, images, out, category or None, keypoints, options)
+    result = commands.run_coco_filter(instances, images, out, category or None, keypoints, options, schema)
     from semcorr.builders.coco_filter import IMAGE_REASONS, INSTANCE_REASONS, RECORD_REASONS
 
     report = result.report
@@ -266,9 +267,11 @@ def vote_keypoints(
 def export_coco(
     dataset: Annotated[Path, typer.Argument(help="dataset directory")],
     out: Annotated[Path, typer.Argument(help="COCO keypoints JSON to write")],
+    sigmas: Annotated[list[str], typer.Option(help="OKS sigmas: CATEGORY=s or CATEGORY=s1,...,sK "
+                                                   "(default: COCO's for person, 0.072)")] = [],  # noqa: B006
 ) -> None:
     """COCO keypoints JSON (pycocotools / COCOeval ready) plus the pairs as <name>.pairs.json."""
-    for path in commands.run_export_coco(dataset, out):
+    for path in commands.run_export_coco(dataset, out, sigmas):
         console.print(f"wrote {path}")
 
 

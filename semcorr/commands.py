@@ -167,11 +167,17 @@ def _read_coco(path: Path) -> dict:
 
 
 def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, categories: list[str] | None = None,
-                    keypoints_json: Path | None = None, options=None) -> FilterResult:
-    """Curate a COCO instances file into a store (see `builders.coco_filter` for the rules)."""
+                    keypoints_json: Path | None = None, options=None, schemas: list[Path] = ()) -> FilterResult:
+    """Curate a COCO instances file into a store (see `builders.coco_filter` for the rules).
+
+    Keypoints come from `keypoints_json` (COCO person keypoints) where it has them; a
+    category named by one of `schemas` (keypoint schema JSON) gets that schema's keypoint
+    names, skeleton and flip pairs, with every keypoint unlabelled until annotation.
+    """
     from semcorr.builders import coco_filter as cf
 
     options = options or cf.FilterOptions()
+    designed = {schema.category: schema for schema in (load_schema(path) for path in schemas)}
     coco = _read_coco(instances_json)
     wanted = set(categories or cf.MISC_CATEGORIES)
     known = {c.get("name") for c in coco["categories"] if isinstance(c, dict)}
@@ -193,6 +199,13 @@ def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, catego
     for raw in coco["categories"]:
         if isinstance(raw, dict) and raw.get("name") in set(kept["category"]):
             schema = keypoint_cats.get(raw["id"], {})
+            if raw["name"] in designed and not schema.get("keypoints"):
+                design = designed[raw["name"]]
+                categories_out[raw["id"]] = store.Category(
+                    id=raw["id"], name=raw["name"], supercategory=raw.get("supercategory", ""),
+                    keypoints=design.names, skeleton=design.skeleton, descriptions=design.descriptions,
+                    flip_pairs=design.flip_pairs, schema_version=design.version)
+                continue
             categories_out[raw["id"]] = store.Category(
                 id=raw["id"], name=raw["name"], supercategory=raw.get("supercategory", ""),
                 keypoints=tuple(schema.get("keypoints", [])),
@@ -219,13 +232,34 @@ def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, catego
     return FilterResult(dataset=dataset, report=report, path=Path(out_dir))
 
 
-def run_export_coco(root: Path, out_path: Path) -> list[Path]:
-    """COCO keypoints JSON of a store, with its pairs (if any) as a sidecar."""
+def run_export_coco(root: Path, out_path: Path, sigmas: list[str] = ()) -> list[Path]:
+    """COCO keypoints JSON of a store, with its pairs (if any) as a sidecar.
+
+    Args:
+        sigmas: per-category OKS sigmas as "category=s1,s2,..." (one per keypoint) or
+            "category=s" (the same for every keypoint).
+    """
     from semcorr.exports.coco import export_coco
 
     dataset = store.load_dataset(root, check_files=False)
+    chosen: dict[str, list[float]] = {}
+    for text in sigmas:
+        name, _, values = text.partition("=")
+        try:
+            numbers = [float(v) for v in values.split(",")]
+        except ValueError:
+            numbers = []
+        category = next((c for c in dataset.categories.values() if c.name == name), None)
+        if category is None or not numbers or any(v <= 0 for v in numbers):
+            raise SemcorrError(f"--sigmas {text!r}: expected CATEGORY=s or CATEGORY=s1,...,sK with positive values "
+                               "and a category of the dataset")
+        if len(numbers) == 1:
+            numbers = numbers * category.num_keypoints
+        if len(numbers) != category.num_keypoints:
+            raise SemcorrError(f"--sigmas {text!r}: {len(numbers)} values for {category.num_keypoints} keypoints")
+        chosen[name] = numbers
     pairs = store.load_pairs(root) if (Path(root) / store.PAIRS_FILE).exists() else None
-    return export_coco(dataset, out_path, pairs)
+    return export_coco(dataset, out_path, pairs, sigmas=chosen)
 
 
 def run_export_misc(root: Path, out_dir: Path) -> dict[str, int]:

@@ -307,3 +307,37 @@ def test_mpck_batch_equals_per_pair_kuhn_munkres():
         assert (tp[p], fp[p], fn[p]) == metrics.mpck_pair(mine[:, 2:], mine[:, 1], theirs[:, 2:], theirs[:, 1],
                                                           radius[p])
     assert (np.bincount(pred[:, 1].astype(int) + 3 * pred[:, 0].astype(int)) > 4).any()  # the fallback path ran
+
+
+def test_coco_filter_gives_a_designed_schema_and_export_takes_sigmas(tmp_path):
+    from semcorr.keypoint_schema import KeypointSchema, save_schema
+
+    coco = filter_fixture(tmp_path)
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    schema = save_schema(KeypointSchema("cat", ("ear", "tail", "nose"), np.eye(3), flip_pairs=()), tmp_path / "s.json")
+    out = tmp_path / "store"
+    result = commands.run_coco_filter(tmp_path / "instances.json", tmp_path, out, ["cat"],
+                                      options=cf.FilterOptions(min_area=100), schemas=[schema])
+    category = result.dataset.categories[1]
+    assert category.keypoints == ("ear", "tail", "nose")
+    assert all((inst.keypoints[:, 2] == 0).all() and inst.keypoints.shape == (3, 3) for inst in result.dataset.instances)
+    commands.run_export_coco(out, tmp_path / "a.json", ["cat=0.05,0.06,0.07"])
+    assert json.loads((tmp_path / "a.json").read_text())["categories"][0]["oks_sigmas"] == [0.05, 0.06, 0.07]
+    commands.run_export_coco(out, tmp_path / "b.json", ["cat=0.1"])
+    assert json.loads((tmp_path / "b.json").read_text())["categories"][0]["oks_sigmas"] == [0.1, 0.1, 0.1]
+    with pytest.raises(SemcorrError, match=r"--sigmas 'cat=0.1,0.2': 2 values for 3 keypoints"):
+        commands.run_export_coco(out, tmp_path / "c.json", ["cat=0.1,0.2"])
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_mask_iou_matching_by_hand():
+    a = np.zeros((10, 10), bool)
+    a[:5, :5] = True  # 25 px
+    b = np.zeros((10, 10), bool)
+    b[:5, :4] = True  # 20 px inside a: IoU 0.8
+    c = np.zeros((10, 10), bool)
+    c[6:, 6:] = True  # 16 px
+    # predictions [b, c] matched to truths [c, a]: c-c 1.0, b-a 0.8 -> mean 0.9
+    assert metrics.mask_iou_matched([b, c], [c, a]) == pytest.approx(0.9)
+    assert metrics.mask_iou_matched([b], [c, a]) == pytest.approx(0.4)  # the unmatched truth counts 0
+    assert metrics.mask_iou_matched([], [a]) == 0.0
