@@ -22,6 +22,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Build semantic-correspondence datasets (SPair-71k / MISC210K style).")
 export_app = typer.Typer(no_args_is_help=True, help="Export a dataset in a format trainers read.")
 app.add_typer(export_app, name="export")
+alm_app = typer.Typer(no_args_is_help=True, help="The automatic labelling module (ALM).")
+app.add_typer(alm_app, name="alm")
+annotate_app = typer.Typer(no_args_is_help=True, help="Plan the human-machine annotation rounds.")
+app.add_typer(annotate_app, name="annotate")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -331,6 +335,66 @@ def viewpoint(
                                             mean_confidence=("confidence", "mean"))
     print_table("viewpoint: estimated azimuths", summary.round(2))
     console.print(f"wrote {dataset / 'annotations.json'}")
+
+
+@annotate_app.command("plan")
+@handles_errors
+def annotate_plan(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    manual: Annotated[float, typer.Option(help="share of images labelled by hand")] = 0.4,
+    first: Annotated[float, typer.Option(help="share of the rest pre-labelled in the first ALM round")] = 0.3,
+    seed: int = 0,
+) -> None:
+    """Split images into manual / first ALM / second ALM sets (test split always manual)."""
+    plan = commands.run_annotate_plan(dataset, manual, first, seed)
+    import pandas as pd
+
+    counts = plan["set"].value_counts().reindex(["manual", "alm1", "alm2"], fill_value=0)
+    print_table("annotate plan: images per set", pd.DataFrame([counts.to_dict()], index=["images"]))
+    console.print(f"{int(plan.frozen_test.sum())} test-split images frozen into the manual set; "
+                  f"wrote {dataset / 'annotation' / 'plan.json'}")
+
+
+@alm_app.command("train")
+@handles_errors
+def alm_train(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    round_index: Annotated[int, typer.Option("--round", help="round number (warm-starts from round N-1)")] = 1,
+    backbone: Annotated[str, typer.Option(help="efficientnet-lite0 (ImageNet weights) or scratch")] = "efficientnet-lite0",
+    crop_size: int = 256,
+    epochs: int = 20,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="checkpoint path (default DATASET/annotation/alm_roundN.pt)")] = None,
+) -> None:
+    """Train the ALM on the labelled non-test instances (CUDA when present, else CPU)."""
+    from semcorr.alm.train import TrainOptions, device
+
+    options = TrainOptions(backbone=backbone, crop_size=crop_size, epochs=epochs, batch_size=batch_size,
+                           learning_rate=learning_rate, seed=seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err_console, transient=True,
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("training", total=None, info="")
+        alm, path, count, warm = commands.run_alm_train(
+            dataset, round_index, options, out,
+            progress=lambda step, loss, rate: bar.update(task, advance=1, info=f"loss {loss:.3f} {rate:.0f} crops/s"))
+    console.print(f"alm train: round {alm.round}, {count} instances, backbone {alm.backbone}, "
+                  f"{'warm start' if warm else 'fresh'}, device {device().type}; wrote {path}")
+
+
+@alm_app.command("eval")
+@handles_errors
+def alm_eval(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    checkpoint: Annotated[Path, typer.Option(help="ALM checkpoint")],
+    split: str = "test",
+) -> None:
+    """PCK@0.1 (of the box) on held-out annotated instances, beside the mean-shape baseline."""
+    result = commands.run_alm_eval(dataset, checkpoint, split)
+    console.print(f"alm eval on {result['instances']} {split} instances: PCK@0.1 {result['alm_pck']:.1f} "
+                  f"(mean-shape baseline {result['mean_shape_pck']:.1f})")
 
 
 @app.command()

@@ -340,3 +340,54 @@ def run_viewpoint(root: Path, schemas: list[Path], overwrite: bool = False) -> p
                      "azimuth_bin": estimate.azimuth_bin, "confidence": estimate.confidence, "written": write})
     store.save_dataset(dataset, root)
     return pd.DataFrame(rows, columns=["ann_id", "category", "azimuth_deg", "azimuth_bin", "confidence", "written"])
+
+
+def run_annotate_plan(root: Path, manual: float, first: float, seed: int) -> pd.DataFrame:
+    """Plan the annotation rounds of a store into `annotation/plan.json`."""
+    from semcorr.annotation.plan import plan_images, save_plan
+
+    dataset = store.load_dataset(root, check_files=False)
+    splits_path = Path(root) / store.SPLITS_FILE
+    splits = store.load_splits(root) if splits_path.exists() else {}
+    plan = plan_images(list(dataset.images), splits, manual, first, seed)
+    save_plan(root, plan, seed, manual, first)
+    return plan
+
+
+def annotated_instances(dataset: store.Dataset, image_ids: set[int] | None = None) -> list:
+    """Instances with at least one labelled keypoint (optionally only in `image_ids`)."""
+    return [i for i in dataset.instances if i.labelled.any() and (image_ids is None or i.image_id in image_ids)]
+
+
+def alm_checkpoint_path(root: Path, round_index: int) -> Path:
+    """Where round N's ALM checkpoint lives in the dataset directory."""
+    return Path(root) / "annotation" / f"alm_round{round_index}.pt"
+
+
+def run_alm_train(root: Path, round_index: int, options, out: Path | None = None, progress=None):
+    """Train the ALM on the labelled, non-test instances; warm-start from round N-1 when it exists."""
+    from semcorr.alm.train import load_checkpoint, save_checkpoint, train
+
+    dataset = store.load_dataset(root)
+    splits = store.load_splits(root) if (Path(root) / store.SPLITS_FILE).exists() else {}
+    training = [i for i in annotated_instances(dataset) if splits.get(i.image_id) != "test"]
+    previous = alm_checkpoint_path(root, round_index - 1)
+    init = load_checkpoint(previous) if round_index > 1 and previous.exists() else None
+    alm = train(dataset, training, options, round_index=round_index, init=init, progress=progress)
+    path = save_checkpoint(alm, out or alm_checkpoint_path(root, round_index))
+    return alm, path, len(training), init is not None
+
+
+def run_alm_eval(root: Path, checkpoint: Path, split: str = "test") -> dict[str, float]:
+    """PCK@0.1 of the box on held-out annotated instances, beside the mean-shape baseline."""
+    from semcorr.alm.train import load_checkpoint, mean_shape_predictions, pck_of_box, predict
+
+    dataset = store.load_dataset(root)
+    splits = store.load_splits(root)
+    held_out = [i for i in annotated_instances(dataset) if splits.get(i.image_id) == split and i.visible.any()]
+    training = [i for i in annotated_instances(dataset) if splits.get(i.image_id) not in (split, None)]
+    if not held_out:
+        raise SemcorrError(f"no annotated instances in split {split} to evaluate on")
+    alm = load_checkpoint(checkpoint)
+    return {"instances": len(held_out), "alm_pck": pck_of_box(predict(alm, dataset, held_out), held_out),
+            "mean_shape_pck": pck_of_box(mean_shape_predictions(training, held_out, dataset), held_out)}

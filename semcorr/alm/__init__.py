@@ -1,0 +1,1 @@
+"""Automatic labelling module (ALM): a top-down keypoint detector on instance crops (torch)."""

@@ -1,0 +1,231 @@
+"""Train, predict, evaluate and checkpoint the ALM.
+
+The same code runs on CUDA (mixed precision, channels-last) and on the CPU; on the CPU a
+seed gives identical weights. Checkpoints are plain dicts of tensors and metadata (round,
+category schemas, backbone, crop size, training-data hash), loaded with
+`torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from semcorr import atomic
+from semcorr.alm.data import CropSet, crop_frame, crop_image, data_hash, decode
+from semcorr.alm.model import KeypointNet
+from semcorr.errors import SemcorrError
+from semcorr.store import Dataset, Instance
+
+FORMAT = "semcorr-alm-1"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """ALM training options."""
+
+    backbone: str = "efficientnet-lite0"
+    pretrained: bool = True
+    crop_size: int = 256
+    epochs: int = 20
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
+class ALM:
+    """A trained ALM: the network and what it was trained on."""
+
+    model: KeypointNet
+    keypoints: dict[str, list[str]]
+    backbone: str
+    crop_size: int
+    round: int
+    data_hash: str
+
+
+def device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _batches(instances: list[Instance], dataset: Dataset, batch_size: int, generator: torch.Generator):
+    by_category: dict[str, list[int]] = {}
+    for index, inst in enumerate(instances):
+        by_category.setdefault(dataset.categories[inst.category_id].name, []).append(index)
+    batches = []
+    for name in sorted(by_category):
+        members = torch.tensor(by_category[name])[torch.randperm(len(by_category[name]), generator=generator)]
+        batches += [(name, members[i: i + batch_size].tolist()) for i in range(0, len(members), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def keypoint_loss(heat: torch.Tensor, vis_logits: torch.Tensor, targets: torch.Tensor, visible: torch.Tensor
+                  ) -> torch.Tensor:
+    """Cross-entropy of each visible keypoint's spatial softmax against its normalised Gaussian,
+    plus binary cross-entropy of the visibility logits."""
+    log_prob = F.log_softmax(heat.flatten(2), dim=2)
+    target = targets.flatten(2)
+    target = target / target.sum(dim=2, keepdim=True).clamp_min(1e-6)
+    location = -(target * log_prob).sum(dim=2)
+    location = (location * visible).sum() / visible.sum().clamp_min(1.0)
+    return location + F.binary_cross_entropy_with_logits(vis_logits, visible)
+
+
+def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, round_index: int = 1,
+          init: ALM | None = None, progress: Callable[[int, float, float], None] | None = None) -> ALM:
+    """Train (or warm-start from `init`) on `instances`; `progress(step, loss, crops_per_s)`."""
+    if not instances:
+        raise SemcorrError("no annotated instances to train the ALM on: label some images first")
+    torch.manual_seed(options.seed)
+    keypoints = {c.name: list(c.keypoints) for c in dataset.categories.values() if c.num_keypoints}
+    if init is not None:
+        keypoints = {**keypoints, **init.keypoints}
+        model = init.model
+        for name, names in keypoints.items():
+            if name not in model.heads:
+                model.add_category(name, len(names))
+    else:
+        model = KeypointNet({k: len(v) for k, v in keypoints.items()}, options.backbone, options.pretrained)
+    run_on = device()
+    model = model.to(run_on)
+    if run_on.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    scaler = torch.amp.GradScaler(enabled=run_on.type == "cuda")
+    crops = CropSet(dataset, instances, options.crop_size)
+    generator = torch.Generator().manual_seed(options.seed)
+    model.train()
+    step = 0
+    for _ in range(options.epochs):
+        for category, members in _batches(instances, dataset, options.batch_size, generator):
+            started = time.perf_counter()
+            items = [crops[i] for i in members]
+            images = torch.stack([i[0] for i in items]).to(run_on)
+            targets = torch.stack([i[1] for i in items]).to(run_on)
+            visible = torch.stack([i[2] for i in items]).to(run_on)
+            if run_on.type == "cuda":
+                images = images.to(memory_format=torch.channels_last)
+            with torch.autocast(run_on.type, dtype=torch.float16, enabled=run_on.type == "cuda"):
+                heat, vis_logits = model(images, category)
+                loss = keypoint_loss(heat.float(), vis_logits.float(), targets, visible)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            step += 1
+            if progress is not None:
+                progress(step, float(loss), len(members) / max(time.perf_counter() - started, 1e-9))
+    model.eval()
+    return ALM(model=model.cpu(), keypoints=keypoints, backbone=options.backbone if init is None else init.backbone,
+               crop_size=options.crop_size if init is None else init.crop_size, round=round_index,
+               data_hash=data_hash(instances))
+
+
+@torch.no_grad()
+def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: float = 0.5,
+            batch_size: int = 32) -> dict[int, np.ndarray]:
+    """Instance id -> (K, 4) x, y, visibility (2 when the visibility confidence reaches `threshold`,
+    else 0), confidence."""
+    run_on = device()
+    model = alm.model.to(run_on).eval()
+    crops = CropSet(dataset, instances, alm.crop_size)
+    out: dict[int, np.ndarray] = {}
+    for start in range(0, len(instances), batch_size):
+        chunk = instances[start: start + batch_size]
+        for category in sorted({dataset.categories[i.category_id].name for i in chunk}):
+            members = [i for i in chunk if dataset.categories[i.category_id].name == category]
+            if category not in model.heads:
+                continue
+            images = torch.stack([torch.from_numpy(crop_image(crops.image(i.image_id), crop_frame(i.bbox, alm.crop_size),
+                                                              alm.crop_size)) for i in members]).to(run_on)
+            with torch.autocast(run_on.type, dtype=torch.float16, enabled=run_on.type == "cuda"):
+                heat, vis_logits = model(images, category)
+            maps = heat.float().cpu().numpy()
+            confidences = torch.sigmoid(vis_logits.float()).cpu().numpy()
+            for inst, heatmap, confidence in zip(members, maps, confidences):
+                xy, _ = decode(heatmap)
+                frame = crop_frame(inst.bbox, alm.crop_size)
+                image_xy = frame.to_image(xy)
+                info = dataset.images[inst.image_id]
+                image_xy[:, 0] = np.clip(image_xy[:, 0], 0, info.width - 1e-3)
+                image_xy[:, 1] = np.clip(image_xy[:, 1], 0, info.height - 1e-3)
+                visibility = np.where(confidence >= threshold, 2.0, 0.0)
+                out[inst.id] = np.column_stack([image_xy, visibility, confidence])
+    alm.model.cpu()
+    return out
+
+
+def pck_of_box(predicted: dict[int, np.ndarray], instances: list[Instance], alpha: float = 0.1) -> float:
+    """PCK@alpha of the box's longer side over the truly visible keypoints (a keypoint predicted
+    not visible counts as a miss), in percent."""
+    hits = total = 0
+    for inst in instances:
+        truth = inst.visible
+        if inst.id not in predicted or not truth.any():
+            total += int(truth.sum())
+            continue
+        guess = predicted[inst.id]
+        distance = np.linalg.norm(guess[truth, :2] - inst.keypoints[truth, :2], axis=1)
+        hits += int(((distance <= alpha * max(inst.bbox[2], inst.bbox[3])) & (guess[truth, 2] == 2)).sum())
+        total += int(truth.sum())
+    return 100.0 * hits / max(total, 1)
+
+
+def mean_shape_predictions(train_instances: list[Instance], instances: list[Instance], dataset: Dataset
+                           ) -> dict[int, np.ndarray]:
+    """The baseline: every keypoint at its mean box-normalised position over the training instances."""
+    sums: dict[int, list] = {}
+    for inst in train_instances:
+        normalised = (inst.keypoints[:, :2] - inst.bbox[:2]) / inst.bbox[2:]
+        entry = sums.setdefault(inst.category_id, [np.zeros_like(normalised), np.zeros(len(normalised))])
+        entry[0] += np.where(inst.visible[:, None], normalised, 0.0)
+        entry[1] += inst.visible
+    out = {}
+    for inst in instances:
+        if inst.category_id not in sums:
+            continue
+        total, count = sums[inst.category_id]
+        mean = total / np.maximum(count, 1)[:, None]
+        xy = inst.bbox[:2] + mean * inst.bbox[2:]
+        out[inst.id] = np.column_stack([xy, np.where(count > 0, 2.0, 0.0), np.full(len(xy), 1.0)])
+    return out
+
+
+def save_checkpoint(alm: ALM, path: Path) -> Path:
+    """Atomically save weights and metadata."""
+    import io
+
+    payload = {"format": FORMAT, "round": alm.round, "backbone": alm.backbone, "crop_size": alm.crop_size,
+               "data_hash": alm.data_hash, "keypoints": alm.keypoints,
+               "state_dict": {k: v.detach().cpu() for k, v in alm.model.state_dict().items()}}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic.write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def load_checkpoint(path: Path) -> ALM:
+    """Load a checkpoint saved by `save_checkpoint` (weights_only: no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemcorrError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SemcorrError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SemcorrError(f"{path}: not an ALM checkpoint (format {FORMAT})")
+    model = KeypointNet({k: len(v) for k, v in payload["keypoints"].items()}, payload["backbone"], pretrained=False)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return ALM(model=model, keypoints=payload["keypoints"], backbone=payload["backbone"],
+               crop_size=payload["crop_size"], round=payload["round"], data_hash=payload["data_hash"])

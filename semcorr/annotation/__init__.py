@@ -1,0 +1,1 @@
+"""The human-machine annotation loop: round planning, Label Studio review, provenance."""
