@@ -26,6 +26,10 @@ alm_app = typer.Typer(no_args_is_help=True, help="The automatic labelling module
 app.add_typer(alm_app, name="alm")
 annotate_app = typer.Typer(no_args_is_help=True, help="Plan the human-machine annotation rounds.")
 app.add_typer(annotate_app, name="annotate")
+review_app = typer.Typer(no_args_is_help=True, help="Review rounds in Label Studio.")
+app.add_typer(review_app, name="review")
+URL_OPTION = typer.Option(help="Label Studio URL (else LABEL_STUDIO_URL)")
+TOKEN_OPTION = typer.Option(help="API token, legacy or personal (else LABEL_STUDIO_API_KEY)")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -395,6 +399,60 @@ def alm_eval(
     result = commands.run_alm_eval(dataset, checkpoint, split)
     console.print(f"alm eval on {result['instances']} {split} instances: PCK@0.1 {result['alm_pck']:.1f} "
                   f"(mean-shape baseline {result['mean_shape_pck']:.1f})")
+
+
+@review_app.command("push")
+@handles_errors
+def review_push(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with an annotation plan")],
+    round_index: Annotated[int, typer.Option("--round", help="1 manual, 2 first ALM set, 3 second ALM set")] = 1,
+    image_set: Annotated[str | None, typer.Option("--set", help="plan set to push instead: manual, alm1, alm2")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="ALM checkpoint (default: round N-1's)")] = None,
+    url: Annotated[str | None, URL_OPTION] = None,
+    token: Annotated[str | None, TOKEN_OPTION] = None,
+) -> None:
+    """Create or update a Label Studio project per category and import the round's tasks."""
+    counts = commands.run_review_push(dataset, round_index, url, token, image_set, checkpoint)
+    console.print(f"review push, round {round_index}: {counts['created']} tasks created, {counts['predictions']} "
+                  f"predictions added to existing tasks, {counts['skipped']} already there")
+
+
+@review_app.command("pull")
+@handles_errors
+def review_pull(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    round_index: Annotated[int, typer.Option("--round", help="the round to pull")] = 1,
+    url: Annotated[str | None, URL_OPTION] = None,
+    token: Annotated[str | None, TOKEN_OPTION] = None,
+) -> None:
+    """Export the reviews (raw export kept), classify each keypoint's fate, merge into the store."""
+    report, reviews, changed = commands.run_review_pull(dataset, round_index, url, token)
+    console.print(f"review pull, round {round_index}: {report['tasks']} tasks; accepted {report['accepted']}, "
+                  f"dragged {report['dragged']} (median {report['drag_median_px']:.1f} px, p90 "
+                  f"{report['drag_p90_px']:.1f} px), discarded {report['discarded']}, added {report['added']}, "
+                  f"manual {report['manual']}; acceptance rate {report['acceptance_rate']:.2f}; "
+                  f"{changed} keypoints written")
+    for review in reviews:
+        for problem in review.problems:
+            console.print(f"problem: {problem}")
+
+
+@review_app.command("server")
+@handles_errors
+def review_server(
+    data_dir: Annotated[Path, typer.Option(help="Label Studio data folder")] = Path("label-studio-data"),
+    port: int = 8080,
+) -> None:
+    """Start a local Label Studio on 127.0.0.1 (stop with Ctrl-C)."""
+    from semcorr.annotation.server import start
+
+    server = start(data_dir, port=port)
+    console.print(f"Label Studio at {server.url}; log in as {server.username} with password {server.password}")
+    console.print("API token: in the server's Account & Settings page; pass it with --token or LABEL_STUDIO_API_KEY")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
 
 
 @app.command()

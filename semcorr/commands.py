@@ -391,3 +391,45 @@ def run_alm_eval(root: Path, checkpoint: Path, split: str = "test") -> dict[str,
     alm = load_checkpoint(checkpoint)
     return {"instances": len(held_out), "alm_pck": pck_of_box(predict(alm, dataset, held_out), held_out),
             "mean_shape_pck": pck_of_box(mean_shape_predictions(training, held_out, dataset), held_out)}
+
+
+REVIEW_SETS = {1: "manual", 2: "alm1", 3: "alm2"}
+
+
+def run_review_push(root: Path, round_index: int, url: str | None, token: str | None,
+                    image_set: str | None = None, checkpoint: Path | None = None) -> dict[str, int]:
+    """Push a round's images to Label Studio: round 1 empty (manual), later rounds with ALM predictions.
+
+    The images are the plan's set for the round (1 manual, 2 alm1, 3 alm2) unless `image_set`
+    names one; predictions come from `checkpoint`, by default the round N-1 ALM.
+    """
+    from semcorr.alm.train import load_checkpoint, predict
+    from semcorr.annotation import review
+    from semcorr.annotation.labelstudio import LabelStudio
+    from semcorr.annotation.plan import images_in, load_plan
+
+    client = LabelStudio.from_env(url, token)
+    dataset = store.load_dataset(root)
+    plan = load_plan(root)
+    chosen = image_set or REVIEW_SETS.get(round_index, "alm2")
+    image_ids = images_in(plan, chosen)
+    predictions = None
+    if chosen != "manual":
+        path = checkpoint or alm_checkpoint_path(root, round_index - 1)
+        alm = load_checkpoint(path)
+        members = [i for i in dataset.instances if i.image_id in set(image_ids)]
+        predictions = predict(alm, dataset, members)
+    return review.push(client, root, dataset, image_ids, round_index, predictions)
+
+
+def run_review_pull(root: Path, round_index: int, url: str | None, token: str | None):
+    """Export, keep the raw export, classify the reviewers' actions and merge them into the store."""
+    from semcorr.annotation import review
+    from semcorr.annotation.labelstudio import LabelStudio
+
+    client = LabelStudio.from_env(url, token)
+    dataset = store.load_dataset(root)
+    reviews = review.pull(client, root, dataset, round_index)
+    changed = review.merge(dataset, reviews, round_index)
+    store.save_dataset(dataset, root)
+    return review.round_report(reviews), reviews, changed

@@ -45,3 +45,15 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not available: {path} is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio on a free loopback port for the whole session (skipped when not installed)."""
+    from semcorr.annotation import server
+
+    if server.find_binary() is None:
+        pytest.skip("Label Studio is not installed (bash scripts/setup-label-studio.sh installs it)")
+    running = server.start(tmp_path_factory.mktemp("label-studio"))
+    yield running
+    running.stop()

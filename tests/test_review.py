@@ -1,0 +1,162 @@
+"""The review round trip: action classes by hand, and push / review / pull against a real Label Studio."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from semcorr import commands, store
+from semcorr.annotation import review
+from semcorr.annotation.labelstudio import LabelStudio, token_kind
+from semcorr.annotation.plan import plan_images, save_plan
+from semcorr.errors import SemcorrError
+from semcorr.store import Category, ImageInfo
+
+CUP = Category(id=1, name="cup", keypoints=("rim", "handle", "base"))
+IMAGE = ImageInfo(1, "a.jpg", 200, 100)
+
+
+def point(region_id, label, x, y, parent="a7"):
+    return {"id": region_id, "type": "keypointlabels", "parentID": parent, "original_width": 200,
+            "original_height": 100, "value": {"x": x / 2.0, "y": float(y), "keypointlabels": [label]}}
+
+
+def test_classify_hand_made_cases():
+    predicted = [point("a7k0", "rim", 10, 10), point("a7k1", "handle", 50, 50), point("a7k2", "base", 90, 90)]
+    reviewed = [point("a7k0", "rim", 11, 10),  # moved 1 px: accepted
+                point("a7k1", "handle", 53, 54),  # moved 5 px: dragged
+                point("new1", "base", 20, 20, parent="a8"),  # a keypoint the ALM did not give: added
+                point("new2", "spout", 30, 30), point("new3", "rim", 250, 10)]  # unknown label, outside the image
+    actions, problems = review.classify(predicted, reviewed, CUP, IMAGE)
+    assert [(a.ann_id, a.index, a.action) for a in actions] == [(7, 0, "accepted"), (7, 1, "dragged"),
+                                                                 (7, 2, "discarded"), (8, 2, "added")]
+    assert actions[1].displacement == pytest.approx(5.0) and actions[1].xy == (53.0, 54.0)
+    assert problems == ["keypoint label 'spout' is not in the cup schema",
+                        "keypoint rim at (250.0, 10.0) is outside the image"]
+    manual, _ = review.classify([], [point("x", "rim", 5, 5)], CUP, IMAGE)
+    assert [a.action for a in manual] == ["manual"]
+
+
+def test_token_kinds_and_server_down(tmp_path):
+    assert token_kind("0123456789abcdef") == "legacy" and token_kind("aaa.bbb.ccc") == "personal"
+    from semcorr.annotation.server import free_port
+
+    client = LabelStudio(f"http://127.0.0.1:{free_port()}", "secret-token-value", retries=1, backoff=0.01)
+    problems = client.preflight()
+    assert len(problems) == 1 and problems[0].startswith("server: ") and "not reachable" in problems[0]
+    assert "secret-token-value" not in problems[0]
+
+
+def small_store(root, synth_store):
+    """A copy of the synthetic store with a plan; round-1 keypoints wiped (to be labelled by hand)."""
+    import shutil
+
+    shutil.copytree(synth_store, root)
+    dataset = store.load_dataset(root)
+    ids = sorted(dataset.images)[:4]
+    plan = plan_images(ids, {}, manual=0.5, first=1.0, seed=0)
+    save_plan(root, plan, 0, 0.5, 1.0)
+    return dataset, plan
+
+
+def test_push_review_pull_against_real_label_studio(label_studio, synth_store, tmp_path):
+    root = tmp_path / "dataset"
+    dataset, plan = small_store(root, synth_store)
+    before = (root / "annotations.json").read_text()
+    client = LabelStudio(label_studio.url, label_studio.token)
+    alm1 = plan[plan.set == "alm1"].image_id.tolist()
+    members = [i for i in dataset.instances if i.image_id in alm1]
+    predictions = {i.id: np.column_stack([i.keypoints[:, :2] + 4.0, i.keypoints[:, 2], np.full(len(i.keypoints), 0.8)])
+                   for i in members}
+    first = review.push(client, root, dataset, alm1, 2, predictions)
+    again = review.push(client, root, dataset, alm1, 2, predictions)
+    assert first["created"] == len(alm1) and again == {"created": 0, "predictions": 0, "skipped": len(alm1)}
+    project = review.find_project(client, review.project_title(root, "chair"))
+    tasks = client.all_tasks(project["id"])
+    assert len(tasks) == len([i for i in alm1 if dataset.images[i].file_name.startswith("chair")])
+    # the simulated reviewer: keep keypoint regions 0.., drag the first, delete the second, add one
+    expected = {}
+    task = tasks[0]
+    result = copy.deepcopy(task["predictions"][0]["result"])
+    keypoints = [r for r in result if r["type"] == "keypointlabels"]
+    box = next(r for r in result if r["type"] == "rectanglelabels")
+    ann_id = int(box["id"][1:])
+    dragged, deleted = keypoints[0], keypoints[1]
+    dragged["value"]["x"] += 5.0  # 5% of 200 px = 10 px
+    result.remove(deleted)
+    missing = next(i for i in range(10) if f"a{ann_id}k{i}" not in {r["id"] for r in keypoints})
+    result.append({"id": "reviewer1", "type": "keypointlabels", "from_name": "keypoints", "to_name": "image",
+                   "parentID": box["id"], "original_width": 200, "original_height": 150, "image_rotation": 0,
+                   "value": {"x": 50.0, "y": 50.0, "width": 0.6, "keypointlabels": [CHAIR_NAMES[missing]]}})
+    for region in result:
+        region.pop("score", None)
+    client.post(f"/api/tasks/{task['id']}/annotations", {"result": result})
+    report, reviews, changed = commands.run_review_pull(root, 2, label_studio.url, label_studio.token)
+    assert (report["dragged"], report["discarded"], report["added"]) == (1, 1, 1)
+    assert report["accepted"] == len(keypoints) - 2 and report["tasks"] == 1
+    assert report["drag_median_px"] == pytest.approx(10.0, abs=0.01)
+    merged = {inst.id: inst for inst in store.load_dataset(root).instances}[ann_id]
+    original = {inst.id: inst for inst in dataset.instances}[ann_id]
+    drag_index = int(dragged["id"].split("k")[1])
+    delete_index = int(deleted["id"].split("k")[1])
+    assert merged.keypoints[drag_index, :2].tolist() == pytest.approx((original.keypoints[drag_index, :2] + 4 + [10, 0]).tolist(), abs=0.01)
+    assert merged.keypoints[delete_index, 2] == 0 and np.isnan(merged.keypoints[delete_index, 0])
+    assert merged.keypoints[missing].tolist() == pytest.approx([100.0, 75.0, 2.0])
+    provenance = merged.extra_attributes["keypoint_provenance"]
+    assert provenance[str(drag_index)]["action"] == "dragged" and provenance[str(missing)]["action"] == "added"
+    raw = json.loads((root / "annotation" / "raw" / "round2_chair.json").read_text())
+    assert len(raw) == len(tasks)
+    # resumable: pulling again gives the same store
+    after_first = (root / "annotations.json").read_text()
+    commands.run_review_pull(root, 2, label_studio.url, label_studio.token)
+    assert (root / "annotations.json").read_text() == after_first != before
+
+
+CHAIR_NAMES = ("left_front_foot", "left_back_foot", "left_seat_front", "left_seat_back", "left_back_top",
+               "right_front_foot", "right_back_foot", "right_seat_front", "right_seat_back", "right_back_top")
+
+
+def test_bad_token_is_one_clear_preflight_line(label_studio):
+    client = LabelStudio(label_studio.url, "not-the-token", retries=0)
+    problems = client.preflight()
+    assert len(problems) == 1 and problems[0].startswith("token (legacy): refused")
+    assert "not-the-token" not in problems[0]
+
+
+def test_push_with_server_down_changes_nothing(synth_store, tmp_path):
+    from semcorr.annotation.server import free_port
+
+    root = tmp_path / "dataset"
+    small_store(root, synth_store)
+    before = sorted((p.name, p.stat().st_size) for p in root.rglob("*") if p.is_file())
+    with pytest.raises(SemcorrError, match="not reachable"):
+        commands.run_review_push(root, 1, f"http://127.0.0.1:{free_port()}", "tok")
+    assert sorted((p.name, p.stat().st_size) for p in root.rglob("*") if p.is_file()) == before
+
+
+def test_alm_checkpoint_round_trip_and_cpu_determinism(synth_store, tmp_path):
+    from semcorr.alm.train import TrainOptions, load_checkpoint, predict, save_checkpoint, train
+
+    dataset = store.load_dataset(synth_store)
+    instances = [i for i in dataset.instances if i.visible.any()][:12]
+    options = TrainOptions(backbone="scratch", crop_size=64, epochs=1, batch_size=4, seed=3)
+    first = train(dataset, instances, options, round_index=2)
+    second = train(dataset, instances, options, round_index=2)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch_equal(a, b), name
+    path = save_checkpoint(first, tmp_path / "alm.pt")
+    loaded = load_checkpoint(path)
+    assert (loaded.round, loaded.backbone, loaded.crop_size, loaded.data_hash) == (2, "scratch", 64, first.data_hash)
+    assert loaded.keypoints == first.keypoints
+    mine, theirs = predict(first, dataset, instances[:3]), predict(loaded, dataset, instances[:3])
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    (tmp_path / "junk.pt").write_bytes(b"nope")
+    with pytest.raises(SemcorrError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
