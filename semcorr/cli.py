@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -386,6 +387,28 @@ def alm_train(
             progress=lambda step, loss, rate: bar.update(task, advance=1, info=f"loss {loss:.3f} {rate:.0f} crops/s"))
     console.print(f"alm train: round {alm.round}, {count} instances, backbone {alm.backbone}, "
                   f"{'warm start' if warm else 'fresh'}, device {device().type}; wrote {path}")
+
+
+@alm_app.command("predict")
+@handles_errors
+def alm_predict(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    checkpoint: Annotated[Path, typer.Option(help="ALM checkpoint")],
+    out: Annotated[Path, typer.Option(help="JSON to write: annotation id -> [[x, y, v, confidence], ...]")],
+    image_set: Annotated[str | None, typer.Option("--set", help="only this plan set (manual, alm1, alm2)")] = None,
+    threshold: Annotated[float, typer.Option(help="visibility confidence for v = 2")] = 0.5,
+) -> None:
+    """Pre-label instances with a trained ALM."""
+    from semcorr import atomic, store
+    from semcorr.alm.train import load_checkpoint, predict
+    from semcorr.annotation.plan import images_in, load_plan
+
+    data = store.load_dataset(dataset)
+    wanted = set(images_in(load_plan(dataset), image_set)) if image_set else set(data.images)
+    members = [i for i in data.instances if i.image_id in wanted]
+    predictions = predict(load_checkpoint(checkpoint), data, members, threshold=threshold)
+    atomic.write_json(out, {str(k): np.round(v, 2).tolist() for k, v in sorted(predictions.items())})
+    console.print(f"alm predict: {len(predictions)} instances -> {out}")
 
 
 @alm_app.command("eval")
