@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from semcorr import atomic
+from semcorr.builders.coco_filter import decode_mask
 from semcorr.errors import SemcorrError
 from semcorr.store import SPLIT_NAMES, Dataset, Instance
 
@@ -190,7 +190,7 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
             }
             (root / "ImageAnnotation" / category / f"{stem}.json").write_text(json.dumps(annotation))
             if instance.segmentation:
-                mask = _instance_mask(instance, image.height, image.width)
+                mask = decode_mask(instance.segmentation, image.height, image.width)
                 seg = Image.fromarray(mask.astype(np.uint8), mode="P")
                 seg.putpalette(VOC_PALETTE)
                 seg.save(root / "Segmentation" / category / f"{stem}.png")
@@ -261,16 +261,6 @@ def _write_pair_files(pairs: pd.DataFrame, dataset: Dataset, names: dict[int, st
     if progress is not None:
         progress(len(stems) % 1000)
     return stems
-
-
-def _instance_mask(instance: Instance, height: int, width: int) -> np.ndarray:
-    segmentation = instance.segmentation
-    if isinstance(segmentation, list):
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-    if isinstance(segmentation.get("counts"), list):
-        segmentation = mask_utils.frPyObjects(segmentation, height, width)
-    return mask_utils.decode(segmentation).astype(bool)
 
 
 def load_spair(root: Path) -> dict[str, list[dict]]:
