@@ -455,6 +455,9 @@ def review_pull(
                   f"{report['drag_p90_px']:.1f} px), discarded {report['discarded']}, added {report['added']}, "
                   f"manual {report['manual']}; acceptance rate {report['acceptance_rate']:.2f}; "
                   f"{changed} keypoints written")
+    if report.get("alm_pck_before_review") == report.get("alm_pck_before_review"):  # not NaN: a review round
+        console.print(f"ALM PCK@0.1 against the reviewed labels: before review {report['alm_pck_before_review']:.1f}, "
+                      f"after review {report['alm_pck_after_review']:.1f}")
     for review in reviews:
         for problem in review.problems:
             console.print(f"problem: {problem}")

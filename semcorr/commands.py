@@ -406,7 +406,7 @@ def run_review_push(root: Path, round_index: int, url: str | None, token: str | 
     from semcorr.alm.train import load_checkpoint, predict
     from semcorr.annotation import review
     from semcorr.annotation.labelstudio import LabelStudio
-    from semcorr.annotation.plan import images_in, load_plan
+    from semcorr.annotation.plan import images_in, load_plan, mark_status
 
     client = LabelStudio.from_env(url, token)
     dataset = store.load_dataset(root)
@@ -419,17 +419,22 @@ def run_review_push(root: Path, round_index: int, url: str | None, token: str | 
         alm = load_checkpoint(path)
         members = [i for i in dataset.instances if i.image_id in set(image_ids)]
         predictions = predict(alm, dataset, members)
-    return review.push(client, root, dataset, image_ids, round_index, predictions)
+    counts = review.push(client, root, dataset, image_ids, round_index, predictions)
+    mark_status(root, image_ids, f"pushed round {round_index}")
+    return counts
 
 
 def run_review_pull(root: Path, round_index: int, url: str | None, token: str | None):
     """Export, keep the raw export, classify the reviewers' actions and merge them into the store."""
     from semcorr.annotation import review
     from semcorr.annotation.labelstudio import LabelStudio
+    from semcorr.annotation.plan import PLAN_FILE, mark_status
 
     client = LabelStudio.from_env(url, token)
     dataset = store.load_dataset(root)
     reviews = review.pull(client, root, dataset, round_index)
     changed = review.merge(dataset, reviews, round_index)
     store.save_dataset(dataset, root)
-    return review.round_report(reviews), reviews, changed
+    if (Path(root) / PLAN_FILE).exists():
+        mark_status(root, sorted({r.image_id for r in reviews if r.actions}), f"reviewed round {round_index}")
+    return review.round_report(reviews, dataset), reviews, changed

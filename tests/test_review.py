@@ -1,6 +1,7 @@
 """The review round trip: action classes by hand, and push / review / pull against a real Label Studio."""
 
 import copy
+import shutil
 import json
 
 import numpy as np
@@ -50,8 +51,6 @@ def test_token_kinds_and_server_down(tmp_path):
 
 def small_store(root, synth_store):
     """A copy of the synthetic store with a plan; round-1 keypoints wiped (to be labelled by hand)."""
-    import shutil
-
     shutil.copytree(synth_store, root)
     dataset = store.load_dataset(root)
     ids = sorted(dataset.images)[:4]
@@ -160,3 +159,39 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_full_loop_on_a_synthetic_store(label_studio, synth_store, tmp_path):
+    """Plan, manual round, ALM, two review rounds, all through the real server, reviewer simulated."""
+    from semcorr.alm.train import TrainOptions
+    from semcorr.annotation.plan import load_plan
+    from semcorr.annotation.simulate import run_loop, unlabelled
+
+    truth = store.load_dataset(synth_store)
+    root = tmp_path / "loop"
+    shutil.copytree(synth_store, root)
+    store.save_dataset(unlabelled(truth), root)
+    client = LabelStudio(label_studio.url, label_studio.token)
+    options = TrainOptions(backbone="scratch", crop_size=64, epochs=1, batch_size=8, seed=0)
+    report = run_loop(root, truth, client, options, manual=0.4, first=0.3, seed=1)
+    splits = store.load_splits(root)
+    plan = load_plan(root)
+    assert all(entry["set"] == "manual" for key, entry in plan["images"].items() if splits[int(key)] == "test")
+    assert {entry["status"] for entry in plan["images"].values()} <= {f"reviewed round {n}" for n in (1, 2, 3)}
+    for step in report.rounds:  # what pull classified is exactly what the reviewer did
+        pulled = step["report"]
+        assert {k: pulled[k] for k in review.ACTIONS if pulled[k]} == step["submitted"], step["round"]
+    assert report.rounds[0]["submitted"].keys() == {"manual"}
+    assert {"accepted", "dragged"} <= report.rounds[1]["submitted"].keys()
+    # the store now holds the truth wherever the reviewer placed or moved a point, and the visibility everywhere
+    final = {i.id: i for i in store.load_dataset(root).instances}
+    for inst in truth.instances:
+        got = final[inst.id]
+        provenance = got.extra_attributes.get("keypoint_provenance", {})
+        assert np.array_equal(got.keypoints[:, 2] == 2, inst.keypoints[:, 2] == 2), inst.id
+        for index in np.flatnonzero(inst.keypoints[:, 2] == 2):
+            action = provenance[str(index)]["action"]
+            tolerance = 0.05 * max(inst.bbox[2], inst.bbox[3]) if action == "accepted" else 1e-3
+            assert np.hypot(*(got.keypoints[index, :2] - inst.keypoints[index, :2])) <= tolerance + 1e-6
+    assert [e["after_round"] for e in report.evaluations] == [1, 2, 3]
+    assert [e["warm_start"] for e in report.evaluations] == [False, True, True]

@@ -67,3 +67,13 @@ def images_in(plan: dict, name: str) -> list[int]:
     if name not in SETS:
         raise SemcorrError(f"set {name!r}: use one of {', '.join(SETS)}")
     return sorted(int(k) for k, v in plan["images"].items() if v["set"] == name)
+
+
+def mark_status(root: Path, image_ids: list[int], status: str) -> None:
+    """Record a status (e.g. `pushed round 2`, `reviewed round 2`) for these images in the plan."""
+    plan = load_plan(root)
+    for image_id in image_ids:
+        entry = plan["images"].get(str(image_id))
+        if entry is not None:
+            entry["status"] = status
+    atomic.write_json(Path(root) / PLAN_FILE, plan, indent=1)

@@ -9,6 +9,7 @@ region carries the ALM's confidence as `score`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ def instance_regions(instance: Instance, category: Category, image: ImageInfo, k
                           "rotation": 0, "rectanglelabels": [category.name]}}]
     points = instance.keypoints if keypoints is None else keypoints
     for index, (px, py, v) in enumerate(points[:, :3]):
-        if v != 2:
+        if v != 2 or not (0 <= px <= w and 0 <= py <= h):  # a point outside the image cannot be visible
             continue
         region = {"id": f"{box_id}k{index}", "type": "keypointlabels", "from_name": "keypoints", "to_name": "image",
                   "parentID": box_id, "original_width": w, "original_height": h, "image_rotation": 0,
@@ -167,16 +168,31 @@ def merge(dataset: Dataset, reviews: list[TaskReview], round_index: int) -> int:
     return changed
 
 
-def round_report(reviews: list[TaskReview]) -> dict:
-    """Acceptance rate, drag distances, discards, additions of a pulled round."""
+def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alpha: float = 0.1) -> dict:
+    """Acceptance rate, drag distances, discards, additions of a pulled round.
+
+    With `dataset` (for the boxes) it also gives the ALM's PCK@alpha (of the box's longer
+    side) against the reviewed labels, i.e. the pre-labels' accuracy before review: over the
+    keypoints the reviewer left visible, a hit is an accepted keypoint or one dragged by at
+    most alpha times the box side; a keypoint the reviewer had to add is a miss. After
+    review the store holds the reviewed labels, so its PCK against them is 100 by definition.
+    """
     actions = [a for r in reviews for a in r.actions]
     counts = {name: sum(a.action == name for a in actions) for name in ACTIONS}
     predicted = counts["accepted"] + counts["dragged"] + counts["discarded"]
     drags = np.array([a.displacement for a in actions if a.action == "dragged"])
-    return {**counts, "tasks": len(reviews), "problems": sum(len(r.problems) for r in reviews),
-            "acceptance_rate": counts["accepted"] / predicted if predicted else float("nan"),
-            "drag_median_px": float(np.median(drags)) if len(drags) else 0.0,
-            "drag_p90_px": float(np.percentile(drags, 90)) if len(drags) else 0.0}
+    report = {**counts, "tasks": len(reviews), "problems": sum(len(r.problems) for r in reviews),
+              "acceptance_rate": counts["accepted"] / predicted if predicted else float("nan"),
+              "drag_median_px": float(np.median(drags)) if len(drags) else 0.0,
+              "drag_p90_px": float(np.percentile(drags, 90)) if len(drags) else 0.0}
+    if dataset is not None:
+        sides = {inst.id: max(inst.bbox[2], inst.bbox[3]) for inst in dataset.instances}
+        visible = [a for a in actions if a.action in ("accepted", "dragged", "added") and a.ann_id in sides]
+        hits = sum(a.action == "accepted" or (a.action == "dragged" and a.displacement <= alpha * sides[a.ann_id])
+                   for a in visible)
+        report["alm_pck_before_review"] = 100.0 * hits / len(visible) if visible and predicted else float("nan")
+        report["alm_pck_after_review"] = 100.0 if visible and predicted else float("nan")
+    return report
 
 
 def save_raw_export(root: Path, round_index: int, category: str, export: list) -> Path:
@@ -194,8 +210,9 @@ def find_project(client: LabelStudio, title: str) -> dict | None:
 
 
 def project_title(root: Path, category: str) -> str:
-    """One project per dataset and category."""
-    return f"semcorr {Path(root).resolve().name} {category}"
+    """One project per dataset directory and category (a hash of the path tells same-named folders apart)."""
+    path = Path(root).resolve()
+    return f"semcorr {path.name} {category} [{hashlib.sha1(str(path).encode()).hexdigest()[:8]}]"
 
 
 def ensure_project(client: LabelStudio, root: Path, category: Category, image_root: Path) -> int:
@@ -282,6 +299,8 @@ def pull(client: LabelStudio, root: Path, dataset: Dataset, round_index: int,
         version = f"alm-round-{round_index}"
         predictions_of = {t["id"]: t.get("predictions", []) for t in client.all_tasks(project["id"])}
         for task in export:
+            if task["data"].get("semcorr_round") != round_index:
+                continue
             annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
             if not annotations:
                 continue
