@@ -525,3 +525,89 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+patchnet_app = typer.Typer(no_args_is_help=True, help="Learned patch comparison (2ch, siamese, 2-stream, SPP).")
+app.add_typer(patchnet_app, name="patchnet")
+ARCH_OPTION = typer.Option("--arch", help="architecture, repeatable: siam, siam-l2, pseudo-siam, 2ch, 2ch-2stream, "
+                           "siam-2stream, siam-2stream-l2, 2ch-spp, siam-spp")
+
+
+def _print_patchnet(title: str, result) -> None:
+    print_table(title, result.table.set_index("architecture"), "architecture")
+    console.print("wrote " + ", ".join(str(p) for p in result.files))
+
+
+@patchnet_app.command("train")
+@handles_errors
+def patchnet_train(
+    source: Annotated[Path, typer.Argument(help="dataset directory (pairs built) or Photo Tour folder")],
+    out: Annotated[Path, typer.Option(help="folder for <arch>.pt, patchnet_table.csv, roc.png")],
+    arch: Annotated[list[str], ARCH_OPTION] = ["2ch"],  # noqa: B006 - typer needs a literal default
+    test_source: Annotated[Path | None, typer.Option(help="evaluate on this Photo Tour folder / dataset")] = None,
+    train_pairs: int = 20000,
+    test_pairs: int = 5000,
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> None:
+    """Train each architecture with the hinge loss; print FPR95 / AUC on the test pairs (CUDA when present)."""
+    from semcorr.patchnet.run import run_patchnet_train
+    from semcorr.patchnet.train import PatchTrainOptions, device
+
+    options = PatchTrainOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=not sys.stderr.isatty()) as bar:
+        result = run_patchnet_train(source, arch, out, options, train_pairs, test_pairs, test_source, bar)
+    _print_patchnet(f"patchnet train on {device().type} (FPR95 in %, lower is better)", result)
+
+
+@patchnet_app.command("eval")
+@handles_errors
+def patchnet_eval(
+    source: Annotated[Path, typer.Argument(help="dataset directory (pairs built) or Photo Tour folder")],
+    checkpoint: Annotated[list[Path], typer.Option(help="trained network, repeatable")],
+    out: Annotated[Path, typer.Option(help="folder for patchnet_table.csv and roc.png")],
+    split: str = "test",
+    pairs: int = 5000,
+    seed: int = 1,
+) -> None:
+    """FPR95, AUC and ROC curves of trained networks."""
+    from semcorr.patchnet.run import run_patchnet_eval
+
+    _print_patchnet(f"patchnet eval on {split} (FPR95 in %, lower is better)",
+                    run_patchnet_eval(source, checkpoint, out, split, pairs, seed))
+
+
+@app.command("qc")
+@handles_errors
+def quality_control(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory (pairs built)")],
+    checkpoint: Annotated[Path, typer.Option(help="trained patchnet checkpoint")],
+    out: Annotated[Path, typer.Option(help="folder for suspects.csv, suspect_images.csv, cycles.csv, suspects.png")],
+    arch: Annotated[str | None, typer.Option(help="refuse a checkpoint of another architecture")] = None,
+    top: int = 20,
+    split: str = "all",
+    triples: Annotated[int, typer.Option(help="image triples per category for the cycle check (MISC pairs)")] = 20,
+    push: Annotated[bool, typer.Option(help="send the top suspects' images to Label Studio for review")] = False,
+    round_index: Annotated[int, typer.Option("--round", help="review round number for --push")] = 90,
+    url: Annotated[str | None, URL_OPTION] = None,
+    token: Annotated[str | None, TOKEN_OPTION] = None,
+) -> None:
+    """Rank annotated keypoints that disagree with their counterparts (most suspect first)."""
+    from semcorr.patchnet.run import push_suspects, run_qc
+
+    result = run_qc(dataset, checkpoint, out, top, split, triples, architecture=arch)
+    shown = result.suspects.head(top)[["ann_id", "image_id", "category", "keypoint", "pairs", "mean_score",
+                                       "suspicion"]].round(2)
+    print_table(f"qc: {result.correspondences} correspondences, {len(result.suspects)} keypoints, "
+                f"{int(result.suspects.suspect.sum())} suspect (suspicion >= 3), {result.padded} patches padded",
+                shown.set_index("ann_id"), "ann_id")
+    if result.chains:
+        console.print(f"cycle check: {len(result.cycles)} of {result.chains} chains A->B->C->A did not return "
+                      f"({int((result.cycles['kind'] == 'keypoint').sum())} to another keypoint id)")
+    console.print("wrote " + ", ".join(str(p) for p in result.files))
+    if push:
+        counts = push_suspects(dataset, result.suspects, round_index, url, token, top)
+        console.print(f"pushed round {round_index}: {counts['created']} tasks created, {counts['skipped']} already there")

@@ -31,10 +31,10 @@ def unlabelled(dataset: Dataset) -> Dataset:
 
 
 def reviewed_result(predicted: list[dict], truth: list[Instance], category: Category, image: ImageInfo,
-                    accept_fraction: float) -> tuple[list[dict], Counter]:
-    """The result a careful reviewer submits for one task, and the actions it amounts to."""
+                    accept_fraction: float, reviewing: bool) -> tuple[list[dict], Counter]:
+    """The result a careful reviewer submits for one task, and the actions it amounts to
+    (`reviewing`: the task carries ALM predictions, so new points count as added, not manual)."""
     predicted_points = {r["id"]: r for r in predicted if r.get("type") == "keypointlabels"}
-    reviewing = any(predicted_points)
     result = [copy.deepcopy(r) for r in predicted if r.get("type") == "rectanglelabels"]
     actions: Counter = Counter()
     for inst in truth:
@@ -77,10 +77,11 @@ def review_round(client: LabelStudio, root: Path, truth: Dataset, round_index: i
             if task["data"].get("semcorr_round") != round_index or task.get("total_annotations", 0):
                 continue
             image_id = task["data"]["semcorr_image_id"]
-            predicted = next((p["result"] for p in task.get("predictions", [])
-                              if p.get("model_version") in (version, "boxes")), [])
+            versions = {p.get("model_version"): p["result"] for p in task.get("predictions", [])}
+            predicted = versions.get(version, versions.get("boxes", []))
             members = [i for i in truth.instances if i.image_id == image_id and i.category_id == category.id]
-            result, done = reviewed_result(predicted, members, category, truth.images[image_id], accept_fraction)
+            result, done = reviewed_result(predicted, members, category, truth.images[image_id], accept_fraction,
+                                           reviewing=version in versions)
             client.post(f"/api/tasks/{task['id']}/annotations", {"result": result})
             actions += done
     return actions

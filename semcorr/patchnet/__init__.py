@@ -1,0 +1,1 @@
+"""Learned patch comparison (Zagoruyko & Komodakis 2015) and correspondence quality control."""
