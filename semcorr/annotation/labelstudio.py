@@ -126,6 +126,8 @@ class LabelStudio:
             answer = self.get(f"/api/tasks?project={project_id}&page={page}&page_size=500&fields=all")
             batch = answer.get("tasks", []) if isinstance(answer, dict) else answer
             tasks.extend(batch)
-            if len(batch) < 500:
+            total = answer.get("total") if isinstance(answer, dict) else None
+            # Label Studio answers 404 for a page past the end, so stop on the total when it is given
+            if len(batch) < 500 or (total is not None and len(tasks) >= total):
                 return tasks
             page += 1
