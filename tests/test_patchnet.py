@@ -1,6 +1,7 @@
 """Patch networks: shapes, FPR95 by hand, the Photo Tour layout, border padding, cycles, bad input."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -132,3 +133,67 @@ def test_training_pairs_are_balanced_and_starved_categories_named(synth_store):
         inst.keypoints[:] = (np.nan, np.nan, 0)
     with pytest.raises(SemcorrError, match="too few annotated keypoints to train on for category car"):
         sample_pairs(dataset, pairs, 40)
+
+
+def plant_errors(dataset, count: int, seed: int) -> list[tuple[int, int]]:
+    """Move `count` visible keypoints by 0.35 of their box's longer side in a random direction."""
+    rng = np.random.default_rng(seed)
+    candidates = [(inst, int(k)) for inst in dataset.instances for k in np.flatnonzero(inst.visible)]
+    planted = []
+    for index in rng.choice(len(candidates), count, replace=False):
+        inst, k = candidates[index]
+        image = dataset.images[inst.image_id]
+        angle = rng.uniform(0, 2 * np.pi)
+        moved = inst.keypoints[k, :2] + 0.35 * max(inst.bbox[2], inst.bbox[3]) * np.array([np.cos(angle),
+                                                                                              np.sin(angle)])
+        inst.keypoints[k, :2] = np.clip(moved, 0, [image.width - 1, image.height - 1])
+        planted.append((inst.id, k))
+    return planted
+
+
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory):
+    """30 images per built-in category at 320 x 240, split and paired, with 10 keypoints moved."""
+    from semcorr import commands
+    from semcorr.synth.generate import SynthOptions
+    from semcorr.synth.prototypes import builtin_prototype
+
+    root = tmp_path_factory.mktemp("planted") / "dataset"
+    commands.run_synth(root, [builtin_prototype(n) for n in ("chair", "car", "airplane")],
+                       SynthOptions(images_per_category=30, width=320, height=240, seed=0))
+    commands.run_split(root, (0.5, 0.2, 0.3), seed=0)
+    commands.run_build_pairs(root)
+    dataset = store.load_dataset(root)
+    planted = plant_errors(dataset, 10, seed=0)
+    store.save_dataset(dataset, root)
+    return root, planted
+
+
+def test_qc_ranks_planted_errors_near_the_top(planted_store, tmp_path):
+    """Train 2ch on a store with planted errors, run `semcorr qc` end to end, find the errors."""
+    from typer.testing import CliRunner
+
+    from semcorr.cli import app
+
+    store_copy, planted = planted_store
+    runner = CliRunner()
+    models, out = tmp_path / "models", tmp_path / "qc"
+    trained = runner.invoke(app, ["patchnet", "train", str(store_copy), "--out", str(models), "--arch", "2ch",
+                                  "--train-pairs", "6000", "--test-pairs", "600", "--epochs", "4"])
+    assert trained.exit_code == 0, trained.output
+    assert (models / "roc.png").is_file() and (models / "patchnet_table.csv").is_file()
+    checked = runner.invoke(app, ["qc", str(store_copy), "--checkpoint", str(models / "2ch.pt"), "--out", str(out),
+                                  "--top", "10"])
+    assert checked.exit_code == 0, checked.output
+    suspects = pd.read_csv(out / "suspects.csv")
+    rank = {key: i for i, key in enumerate(zip(suspects.ann_id, suspects.keypoint))}
+    ranks = sorted(rank[key] for key in planted)
+    print("planted ranks", ranks, "of", len(suspects))
+    chance = len(planted) / len(suspects)
+    top_k = sum(r < len(planted) for r in ranks) / len(planted)
+    assert top_k >= 5 * chance  # far above what random ranking gives
+    assert np.median(ranks) < 0.15 * len(suspects)
+    assert (out / "suspects.png").is_file() and (out / "suspect_images.csv").is_file()
+    refused = runner.invoke(app, ["qc", str(store_copy), "--checkpoint", str(models / "2ch.pt"), "--out", str(out),
+                                  "--arch", "siam"])
+    assert refused.exit_code == 1 and "a 2ch checkpoint, not siam" in refused.output

@@ -195,3 +195,30 @@ def test_full_loop_on_a_synthetic_store(label_studio, synth_store, tmp_path):
             assert np.hypot(*(got.keypoints[index, :2] - inst.keypoints[index, :2])) <= tolerance + 1e-6
     assert [e["after_round"] for e in report.evaluations] == [1, 2, 3]
     assert [e["warm_start"] for e in report.evaluations] == [False, True, True]
+
+
+def test_qc_push_sends_suspect_images_as_a_review_round(label_studio, synth_store, tmp_path):
+    import pandas as pd
+
+    from semcorr.patchnet.run import push_suspects
+
+    root = tmp_path / "qc-push"
+    shutil.copytree(synth_store, root)
+    dataset = store.load_dataset(root)
+    chairs = [i for i in dataset.instances if dataset.categories[i.category_id].name == "chair"][:2]
+    suspects = pd.DataFrame({"ann_id": [chairs[0].id, chairs[1].id, chairs[0].id], "image_id": [
+        chairs[0].image_id, chairs[1].image_id, chairs[0].image_id], "keypoint": [1, 2, 3],
+        "suspicion": [8.0, 4.0, 1.0]})
+    counts = push_suspects(root, suspects, 7, label_studio.url, label_studio.token, top=2)
+    assert counts["created"] == 2
+    client = LabelStudio(label_studio.url, label_studio.token)
+    tasks = client.all_tasks(review.find_project(client, review.project_title(root, "chair"))["id"])
+    first = next(t for t in tasks if t["data"]["semcorr_image_id"] == chairs[0].image_id)
+    regions = {r["id"]: r for r in first["predictions"][0]["result"]}
+    assert first["data"]["semcorr_round"] == 7 and first["predictions"][0]["model_version"] == "alm-round-7"
+    visible = np.flatnonzero(chairs[0].visible)
+    assert {f"a{chairs[0].id}k{k}" for k in visible} <= regions.keys()
+    if 1 in visible:  # the worst suspect gets confidence 0, an unsuspected keypoint 1
+        assert regions[f"a{chairs[0].id}k1"]["score"] == 0.0
+    unsuspected = next(k for k in visible if k not in (1, 3))
+    assert regions[f"a{chairs[0].id}k{unsuspected}"]["score"] == 1.0

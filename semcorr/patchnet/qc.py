@@ -2,9 +2,10 @@
 table with a patch network, find the keypoints that disagree with their counterparts, and
 check multi-instance matches for cycle consistency.
 
-A keypoint's suspicion is a robust z-score: how far its mean score over all the pairs it
-takes part in falls below the median of the same keypoint id over the category's instances,
-in units of their median absolute deviation. Planted or real labelling errors (a point put on
+A keypoint's suspicion is a robust z-score: how far its quality (its agreement with its
+counterparts over all the pairs it takes part in, with pair difficulty and the counterparts'
+own quality taken out; see `keypoint_quality`) falls below the median of the same keypoint
+id over the category's instances, in units of their median absolute deviation. Planted or real labelling errors (a point put on
 the wrong part) disagree in every pair they are in, so they rise to the top.
 """
 
@@ -98,20 +99,48 @@ def correspondence_scores(dataset: Dataset, pairs: pd.DataFrame, model: PatchNet
     return table
 
 
+def keypoint_quality(correspondences: pd.DataFrame, damp: float = 0.1) -> pd.DataFrame:
+    """Per (ann_id, keypoint): how well it agrees with its counterparts, each pair's difficulty and
+    each counterpart's own quality taken out.
+
+    A score is first centred on its pair's median (a pair seen from very different viewpoints
+    scores low everywhere), then, per keypoint id, modelled as the sum of the two keypoints'
+    qualities (ridge least squares): a wrong keypoint no longer drags down the correct ones it
+    is paired with.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.linalg import lsqr
+
+    table = correspondences
+    centred = table.score - table.groupby(["src_ann_id", "trg_ann_id"]).score.transform("median")
+    centred = centred - centred.groupby(table.keypoint).transform("mean")
+    keys = sorted(set(zip(table.src_ann_id, table.keypoint)) | set(zip(table.trg_ann_id, table.keypoint)))
+    column = {key: i for i, key in enumerate(keys)}
+    first = np.array([column[key] for key in zip(table.src_ann_id, table.keypoint)], dtype=np.int64)
+    second = np.array([column[key] for key in zip(table.trg_ann_id, table.keypoint)], dtype=np.int64)
+    rows = np.arange(len(table))
+    design = csr_matrix((np.ones(2 * len(table)), (np.r_[rows, rows], np.r_[first, second])),
+                        shape=(len(table), len(keys)))
+    quality = lsqr(design, centred.to_numpy(dtype=np.float64), damp=damp)[0]
+    both = pd.concat([table.rename(columns={"src_ann_id": "ann_id"})[["ann_id", "keypoint", "score"]],
+                      table.rename(columns={"trg_ann_id": "ann_id"})[["ann_id", "keypoint", "score"]]])
+    stats = both.groupby(["ann_id", "keypoint"]).score.agg(pairs="size", mean_score="mean")
+    out = pd.DataFrame({"ann_id": [k[0] for k in keys], "keypoint": [k[1] for k in keys], "quality": quality})
+    return out.merge(stats.reset_index(), on=["ann_id", "keypoint"])
+
+
 def rank_suspects(correspondences: pd.DataFrame, bank: PatchBank) -> pd.DataFrame:
-    """Per annotated keypoint: pairs, mean score, robust z-score of disagreement; most suspect first."""
-    both = pd.concat([correspondences.rename(columns={"src_ann_id": "ann_id"})[["ann_id", "keypoint", "score"]],
-                      correspondences.rename(columns={"trg_ann_id": "ann_id"})[["ann_id", "keypoint", "score"]]])
-    per_point = both.groupby(["ann_id", "keypoint"]).score.agg(pairs="size", mean_score="mean").reset_index()
-    per_point = per_point.merge(bank.keys, on=["ann_id", "keypoint"], how="left")
-    grouped = per_point.groupby(["category", "keypoint"]).mean_score
-    median = grouped.transform("median")
-    mad = (per_point.mean_score - median).abs().groupby([per_point.category, per_point.keypoint]).transform("median")
-    spread = 1.4826 * mad
-    floor = max(1e-6, 0.05 * float(per_point.mean_score.std() or 0.0))
-    per_point["suspicion"] = (median - per_point.mean_score) / np.maximum(spread, floor)
+    """Per annotated keypoint: pairs, mean score, quality and the robust z-score of how far its
+    quality falls below the same keypoint id's median in its category; most suspect first."""
+    per_point = keypoint_quality(correspondences).merge(bank.keys, on=["ann_id", "keypoint"], how="left")
+    groups = [per_point.category, per_point.keypoint]
+    median = per_point.quality.groupby(groups).transform("median")
+    spread = 1.4826 * (per_point.quality - median).abs().groupby(groups).transform("median")
+    floor = max(1e-6, 0.05 * float(per_point.quality.std() or 0.0))
+    per_point["suspicion"] = (median - per_point.quality) / np.maximum(spread, floor)
     per_point["suspect"] = per_point.suspicion >= SUSPECT_Z
-    columns = ["ann_id", "image_id", "category", "keypoint", "x", "y", "pairs", "mean_score", "suspicion", "suspect"]
+    columns = ["ann_id", "image_id", "category", "keypoint", "x", "y", "pairs", "mean_score", "quality", "suspicion",
+               "suspect"]
     return per_point.sort_values(["suspicion", "ann_id", "keypoint"], ascending=[False, True, True],
                                  kind="stable")[columns].reset_index(drop=True)
 
