@@ -197,3 +197,31 @@ def test_qc_ranks_planted_errors_near_the_top(planted_store, tmp_path):
     refused = runner.invoke(app, ["qc", str(store_copy), "--checkpoint", str(models / "2ch.pt"), "--out", str(out),
                                   "--arch", "siam"])
     assert refused.exit_code == 1 and "a 2ch checkpoint, not siam" in refused.output
+
+
+def test_patchnet_train_and_eval_on_photo_tour_folders(tmp_path):
+    """The paper's setting through the CLI: train on one Photo Tour folder, evaluate on another."""
+    from typer.testing import CliRunner
+
+    from semcorr.cli import app
+
+    rng = np.random.default_rng(2)
+    for name in ("liberty", "yosemite"):
+        base = rng.integers(0, 256, (60, 64, 64)).astype(np.int16)
+        noisy = np.clip(base + rng.integers(-10, 11, base.shape), 0, 255)
+        patches = np.concatenate([base, noisy]).astype(np.uint8)  # patch i and 60 + i show one 3D point
+        point_ids = np.r_[np.arange(60), np.arange(60)]
+        pairs = np.array([[i, 60 + i] for i in range(60)] + [[i, 60 + (i + 1) % 60] for i in range(60)])
+        save_phototour(tmp_path / name, PhotoTour(patches, point_ids, pairs, np.zeros(len(pairs), np.int8)))
+    runner = CliRunner()
+    trained = runner.invoke(app, ["patchnet", "train", str(tmp_path / "liberty"), "--test-source",
+                                  str(tmp_path / "yosemite"), "--out", str(tmp_path / "models"), "--arch", "2ch",
+                                  "--arch", "siam-l2", "--train-pairs", "120", "--test-pairs", "120", "--epochs", "1"])
+    assert trained.exit_code == 0, trained.output
+    table = pd.read_csv(tmp_path / "models" / "patchnet_table.csv")
+    assert table.architecture.tolist() == ["2ch", "siam-l2"] and (table.test_pairs == 120).all()
+    assert ((table.fpr95 >= 0) & (table.fpr95 <= 100)).all()
+    evaluated = runner.invoke(app, ["patchnet", "eval", str(tmp_path / "yosemite"), "--checkpoint",
+                                    str(tmp_path / "models" / "2ch.pt"), "--out", str(tmp_path / "eval")])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert pd.read_csv(tmp_path / "eval" / "patchnet_table.csv").fpr95.tolist() == table.fpr95.tolist()[:1]
