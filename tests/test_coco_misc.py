@@ -12,7 +12,7 @@ from semcorr.builders import coco_filter as cf
 from semcorr.builders.misc_pairs import allocate, build_misc_pairs, sample_ordered_pairs
 from semcorr.errors import SemcorrError
 from semcorr.evaluation import metrics
-from semcorr.evaluation.evaluate import evaluate_misc, evaluate_spair, identity_predictions
+from semcorr.evaluation.evaluate import evaluate_spair, identity_predictions
 from semcorr.exports.coco import evaluate_keypoints, export_coco, load_coco_export
 from semcorr.exports.misc import export_misc, instances_from_record, load_misc
 from tests.conftest import shared_data

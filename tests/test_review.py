@@ -75,7 +75,6 @@ def test_push_review_pull_against_real_label_studio(label_studio, synth_store, t
     tasks = client.all_tasks(project["id"])
     assert len(tasks) == len([i for i in alm1 if dataset.images[i].file_name.startswith("chair")])
     # the simulated reviewer: keep keypoint regions 0.., drag the first, delete the second, add one
-    expected = {}
     task = tasks[0]
     result = copy.deepcopy(task["predictions"][0]["result"])
     keypoints = [r for r in result if r["type"] == "keypointlabels"]

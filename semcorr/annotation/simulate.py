@@ -110,7 +110,7 @@ def run_loop(root: Path, truth: Dataset, client: LabelStudio, train_options, man
     for round_index in (1, 2, 3):
         pushed = commands.run_review_push(root, round_index, client.url, client.token)
         submitted = review_round(client, root, truth, round_index, accept_fraction)
-        pulled, reviews, changed = commands.run_review_pull(root, round_index, client.url, client.token)
+        pulled, _, changed = commands.run_review_pull(root, round_index, client.url, client.token)
         report.rounds.append({"round": round_index, "pushed": pushed, "submitted": dict(submitted),
                               "report": pulled, "changed": changed})
         start = time.perf_counter()

@@ -95,7 +95,7 @@ def correspondence_scores(dataset: Dataset, pairs: pd.DataFrame, model: PatchNet
             meta.append((source, target, k))
     scores = score_indexed(model, bank.patches, np.array(first, dtype=np.int64), np.array(second, dtype=np.int64))
     table = pd.DataFrame(meta, columns=["src_ann_id", "trg_ann_id", "keypoint"])
-    table["score"] = scores
+    table["score"] = scores.astype(np.float64)
     return table
 
 
