@@ -72,10 +72,10 @@ def run_patchnet_train(source: Path, architectures: list[str], out_dir: Path, op
 
 
 def _row(architecture: str, scores: np.ndarray, testing: PatchPairs, trained_on: int, seconds: float | None) -> dict:
-    return {"architecture": architecture, "train_pairs": trained_on, "test_pairs": len(testing),
-            "fpr95": round(metrics.fpr_at_recall(scores, testing.labels), 2),
-            "auc": round(metrics.auc(scores, testing.labels), 4),
-            "train_seconds": None if seconds is None else round(seconds, 1)}
+    row = {"architecture": architecture, "train_pairs": trained_on, "test_pairs": len(testing),
+           "fpr95": round(metrics.fpr_at_recall(scores, testing.labels), 2),
+           "auc": round(metrics.auc(scores, testing.labels), 4)}
+    return row if seconds is None else {**row, "train_seconds": round(seconds, 1)}
 
 
 def _write_table(rows: list[dict], curves: dict, out_dir: Path, files: list[Path], title: str) -> PatchnetTable:
