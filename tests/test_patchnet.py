@@ -225,3 +225,47 @@ def test_patchnet_train_and_eval_on_photo_tour_folders(tmp_path):
                                     str(tmp_path / "models" / "2ch.pt"), "--out", str(tmp_path / "eval")])
     assert evaluated.exit_code == 0, evaluated.output
     assert pd.read_csv(tmp_path / "eval" / "patchnet_table.csv").fpr95.tolist() == table.fpr95.tolist()[:1]
+
+
+def test_cycle_check_follows_network_matches_over_three_images():
+    """Ramp patches at known angles, matched by L2 of the normalised pixels (correlation = cos of the
+    angle difference): A = {0, 50}, B = {20, 100}, C = {40, 150} degrees. A0 -> B0 (20) -> C0 (40)
+    -> A1 (50): a chain that comes back to another keypoint id; A1 -> B0 -> C0 -> A1 returns."""
+    ys, xs = np.mgrid[-31.5:32, -31.5:32]
+
+    def ramp(degrees):
+        angle = np.radians(degrees)
+        return np.clip(128 + 3 * (xs * np.cos(angle) + ys * np.sin(angle)), 0, 255).astype(np.uint8)
+
+    angles = {(1, 0): 0, (1, 1): 50, (2, 0): 20, (2, 1): 100, (3, 0): 40, (3, 1): 150}
+    keys = pd.DataFrame([{"ann_id": 10 * image, "image_id": image, "category": "thing", "keypoint": k,
+                          "x": 0.0, "y": 0.0} for image, k in angles])
+    bank = qc.PatchBank(keys, np.stack([ramp(a) for a in angles.values()]), padded=0)
+    model = PatchNet("siam-l2")
+    model.trunk = torch.nn.Flatten()  # descriptor = the normalised pixels themselves
+    broken, chains = qc.cycle_check(model, bank, [(1, 2, 3)], "thing")
+    assert chains == 2
+    assert broken[["start_ann_id", "start_keypoint", "via_b", "via_c", "end_ann_id", "end_keypoint", "kind"]
+                  ].values.tolist() == [[10, 0, "20:0", "30:0", 10, 1, "keypoint"]]
+
+
+def test_qc_on_multi_instance_pairs_runs_the_cycle_check(store_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from semcorr import commands
+    from semcorr.cli import app
+
+    commands.run_build_pairs(store_copy, mode="misc")
+    runner = CliRunner()
+    trained = runner.invoke(app, ["patchnet", "train", str(store_copy), "--out", str(tmp_path / "m"), "--arch",
+                                  "siam-l2", "--train-pairs", "200", "--test-pairs", "100", "--epochs", "1"])
+    assert trained.exit_code == 0, trained.output
+    checked = runner.invoke(app, ["qc", str(store_copy), "--checkpoint", str(tmp_path / "m" / "siam-l2.pt"),
+                                  "--out", str(tmp_path / "qc"), "--triples", "3"])
+    assert checked.exit_code == 0, checked.output
+    assert "cycle check:" in checked.output
+    cycles = pd.read_csv(tmp_path / "qc" / "cycles.csv")
+    assert list(cycles.columns)[:4] == ["category", "image_a", "image_b", "image_c"]
+    assert set(cycles.kind) <= {"keypoint", "instance"}
+    images = pd.read_csv(tmp_path / "qc" / "suspect_images.csv")
+    assert images.worst.is_monotonic_decreasing

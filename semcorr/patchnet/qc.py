@@ -62,7 +62,7 @@ def patch_bank(dataset: Dataset, ann_ids: set[int] | None = None, scale: float =
 def score_indexed(model: PatchNet, patches: np.ndarray, first: np.ndarray, second: np.ndarray,
                   batch_size: int = 1024) -> np.ndarray:
     """Scores of the pairs (patches[first[i]], patches[second[i]]); siamese models describe each patch once."""
-    run_on = next(model.parameters()).device
+    run_on = next((p.device for p in model.parameters()), torch.device("cpu"))
     cuda = run_on.type == "cuda"
     model.eval()
     with torch.autocast(run_on.type, dtype=torch.float16, enabled=cuda):
@@ -177,7 +177,7 @@ def cycle_inconsistencies(ab: dict, bc: dict, ca: dict) -> list[tuple]:
     return broken
 
 
-def cycle_check(dataset: Dataset, model: PatchNet, bank: PatchBank, triples: list[tuple[int, int, int]],
+def cycle_check(model: PatchNet, bank: PatchBank, triples: list[tuple[int, int, int]],
                 category: str) -> tuple[pd.DataFrame, int]:
     """Network matches chained over image triples of one category: one row per chain that does not
     return, and the number of chains followed.

@@ -132,7 +132,7 @@ def run_qc(root: Path, checkpoint: Path, out_dir: Path, top: int = 20, split: st
     images = qc.image_suspicion(suspects)
     cycles, chains = pd.DataFrame(columns=["category", "kind"]), 0
     if "src_ann_id" not in pairs.columns:  # multi-instance (MISC) pairs
-        checked = [qc.cycle_check(dataset, model, bank, qc.image_triples(pairs, name, triples, seed), name)
+        checked = [qc.cycle_check(model, bank, qc.image_triples(pairs, name, triples, seed), name)
                    for name in sorted(pairs.category.astype(str).unique())]
         cycles = pd.concat([c for c, _ in checked], ignore_index=True)
         chains = sum(n for _, n in checked)

@@ -87,7 +87,7 @@ def train(architecture: str, data: PatchPairs, options: PatchTrainOptions, progr
 @torch.no_grad()
 def score(model: PatchNet, first: np.ndarray, second: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Similarity of each pair of uint8 patches (larger = more alike)."""
-    run_on = next(model.parameters()).device
+    run_on = next((p.device for p in model.parameters()), torch.device("cpu"))
     cuda = run_on.type == "cuda"
     model.eval()
     out = []
