@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,8 +33,40 @@ review_app = typer.Typer(no_args_is_help=True, help="Review rounds in Label Stud
 app.add_typer(review_app, name="review")
 URL_OPTION = typer.Option(help="Label Studio URL (else LABEL_STUDIO_URL)")
 TOKEN_OPTION = typer.Option(help="API token, legacy or personal (else LABEL_STUDIO_API_KEY)")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def number_parser(kind: type, low: float | None = None, high: float | None = None) -> Callable[[object], float]:
+    """A typer `parser` that accepts only finite numbers of `kind` within [low, high]."""
+
+    def parse(value: object):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = None
+        bounds = f" in [{low}, {'inf' if high is None else high}]" if low is not None else ""
+        if number is None or not math.isfinite(number) or (low is not None and number < low) or (
+                high is not None and number > high):
+            raise typer.BadParameter(f"{value!r} is not a finite {kind.__name__}{bounds}")
+        return number
+
+    return parse
+
+
+SEED_HELP = "random seed (0 to 2^32-1); the same seed gives the same output"
+Seed = Annotated[int, typer.Option(parser=number_parser(int, 0, 2**32 - 1), help=SEED_HELP)]
+Rate = Annotated[float, typer.Option(parser=number_parser(float, 0.0, 1.0), help="a share in [0, 1]")]
+PositiveInt = Annotated[int, typer.Option(parser=number_parser(int, 1))]
+PositiveFloat = Annotated[float, typer.Option(parser=number_parser(float, 1e-12))]
+
+
+def fail(message: str) -> None:
+    """Print `message` as one plain-text line on stderr (never as markup) and exit 1."""
+    line = " ".join(message.split())
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+    raise typer.Exit(1)
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -43,8 +77,10 @@ def handles_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except SemcorrError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            fail(str(exc))
+        except OSError as exc:  # read-only folder, disk full, file too large: the file and the reason
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}; check the path, its permissions and the free space")
 
     return wrapper
 
@@ -78,9 +114,9 @@ def synth(
     mesh: Annotated[list[Path], typer.Option(help="mesh file for each --schema (else the schema's own)")] = [],  # noqa: B006
     images_per_category: Annotated[int, typer.Option(min=2)] = 40,
     size: Annotated[str, typer.Option(help="image size WIDTHxHEIGHT")] = "400x300",
-    truncation_rate: float = 0.25,
-    occlusion_rate: float = 0.3,
-    seed: int = 0,
+    truncation_rate: Rate = 0.25,
+    occlusion_rate: Rate = 0.3,
+    seed: Seed = 0,
 ) -> None:
     """Render an annotated SPair-style image set from 3D prototypes."""
     from semcorr.synth.generate import SynthOptions
@@ -88,7 +124,9 @@ def synth(
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise SemcorrError(f"--size {size!r}: expected WIDTHxHEIGHT like 400x300") from None
+        width = height = 0
+    if not (32 <= width <= 8192 and 32 <= height <= 8192):
+        raise SemcorrError(f"--size {size!r}: expected WIDTHxHEIGHT with sides from 32 to 8192, like 400x300")
     prototypes = commands.resolve_prototypes(category or ([] if schema else ["chair", "car", "airplane"]),
                                              schema, mesh)
     options = SynthOptions(images_per_category=images_per_category, width=width, height=height,
@@ -116,7 +154,7 @@ def coco_filter(
     max_border_cut: float = 0.25,
     min_fill: float = 0.2,
     max_images: int = 300,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> None:
     """Curate COCO images MISC-style: 1-4 clean instances per image, balanced counts."""
     from semcorr.builders.coco_filter import FilterOptions
@@ -144,7 +182,7 @@ def coco_filter(
 def split(
     dataset: Annotated[Path, typer.Argument(help="dataset directory")],
     ratios: Annotated[str, typer.Option(help="train:val:test shares")] = "5:2:3",
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> None:
     """Image-level train/val/test splits per category, spread over azimuth bins."""
     counts = commands.run_split(dataset, parse_ratios(ratios), seed)
@@ -157,10 +195,12 @@ def split(
 def build_pairs(
     dataset: Annotated[Path, typer.Argument(help="dataset directory with splits.json")],
     mode: Annotated[str, typer.Option(help="spair or misc")] = "spair",
-    max_pairs: Annotated[int, typer.Option(help="misc: initial ordered pairs per category")] = 30000,
-    threshold: Annotated[float, typer.Option(help="misc: minimum share of keypoint types in both images")] = 0.3,
+    max_pairs: Annotated[int, typer.Option(parser=number_parser(int, 1),
+                                           help="misc: initial ordered pairs per category")] = 30000,
+    threshold: Annotated[float, typer.Option(parser=number_parser(float, 0.0, 1.0),
+                                             help="misc: minimum share of keypoint types in both images")] = 0.3,
     share_of: Annotated[str, typer.Option(help="misc: share denominator: category, union or source")] = "category",
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> None:
     """Build the pairs table: SPair (all ordered pairs sharing a visible keypoint) or MISC (sampled, multi-instance)."""
     from semcorr.builders.statistics import category_table
@@ -230,9 +270,12 @@ def vote_keypoints(
     max_candidates: Annotated[int, typer.Option(min=1, help="candidates per scheme")] = 24,
     threshold: Annotated[float, typer.Option(help="a scheme is chosen in a view above this total")] = 0.5,
     merge_distance: Annotated[float, typer.Option(help="merge radius, prototype longest side = 1")] = 0.06,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> None:
-    """Design a category's keypoints on its 3D prototype: three schemes, six views, scored votes."""
+    """Design a category's keypoints on its 3D prototype: three schemes, six views, scored votes.
+
+    A filled voting sheet is never overwritten: the votes used are copied to votes_used.csv, and the
+    blank template goes to voting_sheet_blank.csv when voting_sheet.csv holds votes."""
     from semcorr.keypoint_design.design import DesignOptions, design_keypoints
     from semcorr.keypoint_design.views import VIEW_NAMES
 
@@ -249,7 +292,7 @@ def vote_keypoints(
             cell = scores.loc[(view, scheme)]
             mark = "*" if cell["chosen"] else " "
             shown = f"{cell['total']:.2f}{mark}"
-            if cell["source"] == "votes":
+            if cell["source"] != "automatic":
                 shown += f" (auto {cell['auto_total']:.2f})"
             row[scheme] = shown
         row["keypoints"] = sum(view in extra["views"] for extra in result.schema.keypoint_extra)
@@ -268,7 +311,10 @@ def vote_keypoints(
                   for s in ("skeleton", "contour", "appearance")}
     console.print(f"{len(result.schema.names)} keypoints ({', '.join(f'{k} {v}' for k, v in per_scheme.items())}), "
                   f"{len(result.schema.flip_pairs)} flip pairs; {result.version_note}")
-    console.print(f"wrote {out}: schema.json, contact_<view>.png x6, voting_sheet.csv, scores.csv, candidates.csv")
+    for note in result.notes:
+        console.print(note)
+    console.print(f"wrote {out}: " + ", ".join(sorted({p.name if not p.name.startswith("contact_")
+                                                       else "contact_<view>.png x6" for p in result.files})))
 
 
 @export_app.command("coco")
@@ -348,7 +394,7 @@ def annotate_plan(
     dataset: Annotated[Path, typer.Argument(help="dataset directory")],
     manual: Annotated[float, typer.Option(help="share of images labelled by hand")] = 0.4,
     first: Annotated[float, typer.Option(help="share of the rest pre-labelled in the first ALM round")] = 0.3,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> None:
     """Split images into manual / first ALM / second ALM sets (test split always manual)."""
     plan = commands.run_annotate_plan(dataset, manual, first, seed)
@@ -366,11 +412,11 @@ def alm_train(
     dataset: Annotated[Path, typer.Argument(help="dataset directory")],
     round_index: Annotated[int, typer.Option("--round", help="round number (warm-starts from round N-1)")] = 1,
     backbone: Annotated[str, typer.Option(help="efficientnet-lite0 (ImageNet weights) or scratch")] = "efficientnet-lite0",
-    crop_size: int = 256,
-    epochs: int = 20,
-    batch_size: int = 16,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
+    crop_size: Annotated[int, typer.Option(parser=number_parser(int, 32, 2048))] = 256,
+    epochs: PositiveInt = 20,
+    batch_size: PositiveInt = 16,
+    learning_rate: PositiveFloat = 1e-3,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="checkpoint path (default DATASET/annotation/alm_roundN.pt)")] = None,
 ) -> None:
     """Train the ALM on the labelled non-test instances (CUDA when present, else CPU)."""
@@ -500,8 +546,8 @@ def validate(dataset: Annotated[Path, typer.Argument(help="dataset directory")])
 @handles_errors
 def demo(
     out: Annotated[Path, typer.Argument(help="folder for the demo outputs")] = Path("demo-out"),
-    images_per_category: int = 40,
-    seed: int = 0,
+    images_per_category: Annotated[int, typer.Option(parser=number_parser(int, 2))] = 40,
+    seed: Seed = 0,
 ) -> None:
     """synth -> split -> build-pairs -> stats -> export spair on the built-in categories."""
     dataset_dir, export_dir = out / "dataset", out / "spair"
@@ -518,13 +564,35 @@ def demo(
     console.print(f"SPair-71k layout for trainers:                  {export_dir}")
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: usage errors and unexpected failures as one plain line.
 
+    A usage error (bad option value, missing argument) exits 2; an error the input caused
+    exits 1 (see `handles_errors`); anything else is a bug of ours, reported on one line
+    (exit 3) with its traceback only when SEMCORR_DEBUG is set.
+    """
+    from typer._click import exceptions as click  # typer vendors click; its exception types live here
 
-if __name__ == "__main__":
-    main()
+    try:
+        code = app(args=argv, prog_name="semcorr", standalone_mode=False)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "semcorr"
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())} (see '{command} --help')\n")
+        sys.exit(2)
+    except click.ClickException as exc:
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())}\n")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        sys.exit(1)
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("SEMCORR_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())[:300]
+        sys.stderr.write(f"error: internal error {type(exc).__name__}: {message} -- this is a bug in semcorr; "
+                         "rerun with SEMCORR_DEBUG=1 and report the traceback\n")
+        sys.exit(3)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 patchnet_app = typer.Typer(no_args_is_help=True, help="Learned patch comparison (2ch, siamese, 2-stream, SPP).")
@@ -545,12 +613,12 @@ def patchnet_train(
     out: Annotated[Path, typer.Option(help="folder for <arch>.pt, patchnet_table.csv, roc.png")],
     arch: Annotated[list[str], ARCH_OPTION] = ["2ch"],  # noqa: B006 - typer needs a literal default
     test_source: Annotated[Path | None, typer.Option(help="evaluate on this Photo Tour folder / dataset")] = None,
-    train_pairs: int = 20000,
-    test_pairs: int = 5000,
-    epochs: int = 10,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
+    train_pairs: PositiveInt = 20000,
+    test_pairs: PositiveInt = 5000,
+    epochs: PositiveInt = 10,
+    batch_size: PositiveInt = 64,
+    learning_rate: PositiveFloat = 1e-3,
+    seed: Seed = 0,
 ) -> None:
     """Train each architecture with the hinge loss; print FPR95 / AUC on the test pairs (CUDA when present)."""
     from semcorr.patchnet.run import run_patchnet_train
@@ -570,8 +638,8 @@ def patchnet_eval(
     checkpoint: Annotated[list[Path], typer.Option(help="trained network, repeatable")],
     out: Annotated[Path, typer.Option(help="folder for patchnet_table.csv and roc.png")],
     split: str = "test",
-    pairs: int = 5000,
-    seed: int = 1,
+    pairs: PositiveInt = 5000,
+    seed: Seed = 1,
 ) -> None:
     """FPR95, AUC and ROC curves of trained networks."""
     from semcorr.patchnet.run import run_patchnet_eval
@@ -587,9 +655,9 @@ def quality_control(
     checkpoint: Annotated[Path, typer.Option(help="trained patchnet checkpoint")],
     out: Annotated[Path, typer.Option(help="folder for suspects.csv, suspect_images.csv, cycles.csv, suspects.png")],
     arch: Annotated[str | None, typer.Option(help="refuse a checkpoint of another architecture")] = None,
-    top: int = 20,
+    top: PositiveInt = 20,
     split: str = "all",
-    triples: Annotated[int, typer.Option(help="image triples per category for the cycle check (MISC pairs)")] = 20,
+    triples: Annotated[int, typer.Option(parser=number_parser(int, 0), help="image triples per category for the cycle check (MISC pairs)")] = 20,
     push: Annotated[bool, typer.Option(help="send the top suspects' images to Label Studio for review")] = False,
     round_index: Annotated[int, typer.Option("--round", help="review round number for --push")] = 90,
     url: Annotated[str | None, URL_OPTION] = None,
@@ -611,3 +679,7 @@ def quality_control(
     if push:
         counts = push_suspects(dataset, result.suspects, round_index, url, token, top)
         console.print(f"pushed round {round_index}: {counts['created']} tasks created, {counts['skipped']} already there")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semcorr import atomic
+from semcorr import atomic, coco_schema
 from semcorr.errors import SemcorrError
 
 ANNOTATIONS_FILE = "annotations.json"
@@ -261,105 +261,84 @@ def dataset_to_coco(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-class _Checker:
-    """Turns a failed check into a SemcorrError naming the file and the record."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, record: str, problem: str, fix: str) -> SemcorrError:
-        return SemcorrError(f"{self.path}: {record}: {problem}; {fix}")
-
-    def field(self, obj: dict, key: str, record: str) -> Any:
-        if not isinstance(obj, dict) or key not in obj:
-            raise self.fail(record, f"missing field {key!r}", "add it")
-        return obj[key]
-
-
-def _parse_category(raw: dict, index: int, check: _Checker) -> Category:
-    record = f"categories[{index}]"
-    cat_id = check.field(raw, "id", record)
-    record = f"category id={cat_id}"
-    names = raw.get("keypoints", []) or []
+def _parse_category(raw: Any, index: int, path: Path) -> Category:
+    record = coco_schema.record_name(raw, index, "category")
+    parsed = coco_schema.check_record(coco_schema.RawCategory, raw, path, record, "fix the category record")
     try:
         return Category(
-            id=int(cat_id),
-            name=str(check.field(raw, "name", record)),
-            keypoints=tuple(names),
-            skeleton=tuple((int(a) - 1, int(b) - 1) for a, b in raw.get("skeleton", []) or []),
-            descriptions=tuple(raw.get("keypoint_descriptions", []) or []),
-            flip_pairs=tuple((int(a), int(b)) for a, b in raw.get("flip_pairs", []) or []),
-            supercategory=str(raw.get("supercategory", "")),
-            schema_version=int(raw.get("schema_version", 1)),
+            id=parsed.id,
+            name=parsed.name,
+            keypoints=tuple(parsed.keypoints),
+            skeleton=tuple((a - 1, b - 1) for a, b in parsed.skeleton),
+            descriptions=tuple(parsed.keypoint_descriptions),
+            flip_pairs=tuple(parsed.flip_pairs),
+            supercategory=parsed.supercategory,
+            schema_version=parsed.schema_version,
         )
     except ValueError as exc:
-        raise check.fail(record, str(exc), "fix the category's keypoint schema") from None
+        raise SemcorrError(f"{path}: {record}: {exc}; fix the category's keypoint schema") from None
 
 
-def _parse_instance(
-    raw: dict, index: int, check: _Checker, images: dict[int, ImageInfo], categories: dict[int, Category]
-) -> Instance:
-    ann_id = check.field(raw, "id", f"annotations[{index}]")
-    record = f"annotation id={ann_id}"
-    image_id = int(check.field(raw, "image_id", record))
-    category_id = int(check.field(raw, "category_id", record))
-    record = f"annotation id={ann_id} (image id={image_id})"
-    if image_id not in images:
-        raise check.fail(record, f"unknown image id {image_id}", "add the image to 'images' or remove the annotation")
-    if category_id not in categories:
-        raise check.fail(record, f"unknown category id {category_id}",
-                         "add the category to 'categories' or fix category_id")
-    image = images[image_id]
-    category = categories[category_id]
-    bbox = np.asarray(check.field(raw, "bbox", record), dtype=np.float64)
-    if bbox.shape != (4,) or not np.isfinite(bbox).all():
-        raise check.fail(record, f"bbox {raw['bbox']!r} is not [x, y, width, height]", "write four numbers")
-    if bbox[2] <= 0 or bbox[3] <= 0:
-        raise check.fail(record, f"bbox {raw['bbox']!r} has non-positive size", "give it a width and height > 0")
-    flat = raw.get("keypoints", []) or []
-    if len(flat) != 3 * category.num_keypoints:
-        raise check.fail(
-            record,
-            f"{len(flat)} keypoint values for category {category.name!r}, which has "
-            f"{category.num_keypoints} keypoints ({3 * category.num_keypoints} values)",
-            "write [x, y, v] for every keypoint of the category",
-        )
-    keypoints = keypoints_from_coco(flat)
+def _parse_image(raw: Any, index: int, path: Path) -> ImageInfo:
+    record = coco_schema.record_name(raw, index, "image")
+    parsed = coco_schema.check_record(coco_schema.RawImage, raw, path, record, "fix the image record")
+    return ImageInfo(id=parsed.id, file_name=parsed.file_name, width=parsed.width, height=parsed.height)
+
+
+def _parse_instance(raw: Any, index: int, path: Path, images: dict[int, ImageInfo],
+                    categories: dict[int, Category]) -> Instance:
+    record = coco_schema.record_name(raw, index, "annotation")
+    parsed = coco_schema.check_record(coco_schema.RawAnnotation, raw, path, record, "fix the annotation record")
+    record = f"annotation id={parsed.id} (image id={parsed.image_id})"
+
+    def fail(problem: str, fix: str) -> SemcorrError:
+        return SemcorrError(f"{path}: {record}: {problem}; {fix}")
+
+    if parsed.image_id not in images:
+        raise fail(f"unknown image id {parsed.image_id}", "add the image to 'images' or remove the annotation")
+    if parsed.category_id not in categories:
+        raise fail(f"unknown category id {parsed.category_id}", "add the category to 'categories' or fix category_id")
+    image = images[parsed.image_id]
+    category = categories[parsed.category_id]
+    if len(parsed.keypoints) != 3 * category.num_keypoints and parsed.keypoints:
+        raise fail(f"{len(parsed.keypoints)} keypoint values for category {category.name!r}, which has "
+                   f"{category.num_keypoints} keypoints ({3 * category.num_keypoints} values)",
+                   "write [x, y, v] for every keypoint of the category")
+    keypoints = keypoints_from_coco(parsed.keypoints or [0] * (3 * category.num_keypoints))
     if not np.isin(keypoints[:, 2], (0, 1, 2)).all():
-        raise check.fail(record, "keypoint visibility outside {0, 1, 2}", "use 0, 1 or 2")
+        raise fail("keypoint visibility outside {0, 1, 2}", "use 0, 1 or 2")
     for k, (x, y, v) in enumerate(keypoints):
         if v > 0 and not (0 <= x <= image.width and 0 <= y <= image.height):
-            raise check.fail(
-                record,
-                f"keypoint {k} ({category.keypoints[k]}) at ({x:g}, {y:g}) is outside the "
-                f"{image.width}x{image.height} image",
-                "fix the coordinates or set its visibility to 0",
-            )
-    attributes = dict(raw.get("attributes", {}) or {})
-    azimuth_bin = attributes.pop("azimuth_bin", None)
-    if azimuth_bin is not None and (
-        not isinstance(azimuth_bin, int) or isinstance(azimuth_bin, bool) or not 0 <= azimuth_bin < NUM_AZIMUTH_BINS
-    ):
-        raise check.fail(record, f"azimuth_bin {azimuth_bin!r} is outside 0-7", "use an integer bin 0..7 or null")
-    truncated = bool(attributes.pop("truncated", False))
-    occluded = bool(attributes.pop("occluded", False))
+            raise fail(f"keypoint {k} ({category.keypoints[k]}) at ({x:g}, {y:g}) is outside the "
+                       f"{image.width}x{image.height} image", "fix the coordinates or set its visibility to 0")
+    segmentation = parsed.segmentation
+    if isinstance(segmentation, coco_schema.RawRle):
+        if tuple(segmentation.size) != (image.height, image.width):
+            raise fail(f"RLE mask size {list(segmentation.size)} is not the image's [height, width] "
+                       f"[{image.height}, {image.width}]", "re-encode the mask at the image size")
+        segmentation = {"size": list(segmentation.size), "counts": segmentation.counts}
+    attributes = dict(parsed.attributes)
+    known = coco_schema.check_record(
+        coco_schema.RawAttributes, {k: attributes.pop(k) for k in ("azimuth_bin", "truncated", "occluded")
+                                    if k in attributes}, path, record, "fix its attributes")
+    bbox = np.asarray(parsed.bbox, dtype=np.float64)
     return Instance(
-        id=int(ann_id),
-        image_id=image_id,
-        category_id=category_id,
+        id=parsed.id,
+        image_id=parsed.image_id,
+        category_id=parsed.category_id,
         bbox=bbox,
         keypoints=keypoints,
-        segmentation=raw.get("segmentation") or None,
-        area=float(raw.get("area", bbox[2] * bbox[3])),
-        azimuth_bin=azimuth_bin,
-        truncated=truncated,
-        occluded=occluded,
-        iscrowd=int(raw.get("iscrowd", 0)),
+        segmentation=segmentation or None,
+        area=float(parsed.area if parsed.area is not None else bbox[2] * bbox[3]),
+        azimuth_bin=known.azimuth_bin,
+        truncated=bool(known.truncated),
+        occluded=bool(known.occluded),
+        iscrowd=int(parsed.iscrowd),
         extra_attributes=attributes,
     )
 
 
-def dataset_from_coco(coco: dict, path: Path, image_root: Path, check_files: bool = True) -> Dataset:
+def dataset_from_coco(coco: Any, path: Path, image_root: Path, check_files: bool = True) -> Dataset:
     """Validate a COCO keypoints dictionary and turn it into a Dataset.
 
     Args:
@@ -371,65 +350,76 @@ def dataset_from_coco(coco: dict, path: Path, image_root: Path, check_files: boo
     Raises:
         SemcorrError: naming the file and record of the first problem found.
     """
-    check = _Checker(path)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise check.fail("top level", f"missing list {key!r}", "write a COCO keypoints file")
+    top = coco_schema.check_record(coco_schema.RawCoco, coco, path, "top level", "write a COCO keypoints file")
     categories: dict[int, Category] = {}
-    for index, raw in enumerate(coco["categories"]):
-        category = _parse_category(raw, index, check)
+    for index, raw in enumerate(top.categories):
+        category = _parse_category(raw, index, path)
         if category.id in categories:
-            raise check.fail(f"category id={category.id}", "duplicate category id", "give each category its own id")
+            raise SemcorrError(f"{path}: category id={category.id}: duplicate category id; "
+                               "give each category its own id")
+        if any(other.name == category.name for other in categories.values()):
+            raise SemcorrError(f"{path}: category id={category.id}: duplicate category name {category.name!r}; "
+                               "give each category its own name")
         categories[category.id] = category
     images: dict[int, ImageInfo] = {}
-    for index, raw in enumerate(coco["images"]):
-        image_id = check.field(raw, "id", f"images[{index}]")
-        record = f"image id={image_id}"
-        image = ImageInfo(
-            id=int(image_id),
-            file_name=str(check.field(raw, "file_name", record)),
-            width=int(check.field(raw, "width", record)),
-            height=int(check.field(raw, "height", record)),
-        )
+    for index, raw in enumerate(top.images):
+        image = _parse_image(raw, index, path)
         if image.id in images:
-            raise check.fail(record, "duplicate image id", "give each image its own id")
-        if image.width <= 0 or image.height <= 0:
-            raise check.fail(record, f"size {image.width}x{image.height} is not positive", "fix width and height")
+            raise SemcorrError(f"{path}: image id={image.id}: duplicate image id; give each image its own id")
         if check_files and not (image_root / image.file_name).is_file():
-            raise check.fail(record, f"image file {image_root / image.file_name} does not exist",
-                             "copy the image there or fix file_name")
+            raise SemcorrError(f"{path}: image id={image.id}: image file {image_root / image.file_name} does not "
+                               "exist; copy the image there or fix file_name")
         images[image.id] = image
     instances = []
     seen: set[int] = set()
-    for index, raw in enumerate(coco["annotations"]):
-        inst = _parse_instance(raw, index, check, images, categories)
+    for index, raw in enumerate(top.annotations):
+        inst = _parse_instance(raw, index, path, images, categories)
         if inst.id in seen:
-            raise check.fail(f"annotation id={inst.id}", "duplicate annotation id", "give each annotation its own id")
+            raise SemcorrError(f"{path}: annotation id={inst.id}: duplicate annotation id; "
+                               "give each annotation its own id")
         seen.add(inst.id)
         instances.append(inst)
     return Dataset(images=images, categories=categories, instances=instances, image_root=image_root,
-                   info=dict(coco.get("info", {}) or {}))
+                   info=dict(top.info))
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; SemcorrError naming the file and position when it is malformed."""
+    """Parse a JSON file; SemcorrError naming the file and what is wrong when it cannot be read as JSON."""
     path = Path(path)
     if not path.is_file():
-        raise SemcorrError(f"{path}: file not found")
+        raise SemcorrError(f"{path}: file not found" if not path.exists() else f"{path}: is not a file")
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        raise SemcorrError(f"{path}: is gzip-compressed; decompress it first (gunzip)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise SemcorrError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise SemcorrError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise SemcorrError(f"{path}: JSON nested too deeply to read") from None
 
 
 def load_dataset(root: Path, check_files: bool = True) -> Dataset:
     """Load and validate `annotations.json` of a dataset directory."""
     root = Path(root)
     path = root / ANNOTATIONS_FILE
+    if not root.is_dir():
+        raise SemcorrError(f"{root}: dataset folder not found" if not root.exists() else
+                           f"{root}: is not a folder; give a dataset directory")
     coco = read_json(path)
     if not isinstance(coco, dict):
         raise SemcorrError(f"{path}: top level: expected a JSON object; write a COCO keypoints file")
-    image_root = Path(coco.get("info", {}).get("image_root", IMAGES_DIR))
+    info = coco.get("info", {})
+    if info is not None and not isinstance(info, dict):
+        raise SemcorrError(f"{path}: top level: field 'info' must be an object, got {type(info).__name__}; "
+                           "write info as {...} or remove it")
+    coco["info"] = info or {}
+    image_root_text = coco["info"].get("image_root", IMAGES_DIR)
+    if not isinstance(image_root_text, str) or not image_root_text or "\x00" in image_root_text:
+        raise SemcorrError(f"{path}: info.image_root {image_root_text!r} is not a folder path; fix or remove it")
+    image_root = Path(image_root_text)
     if not image_root.is_absolute():
         image_root = root / image_root
     return dataset_from_coco(coco, path, image_root, check_files=check_files)

@@ -80,8 +80,8 @@ def corrupt(coco: dict, change: str) -> dict:
         ("outside", r"annotation id=5 \(image id=1\): keypoint 0 \(rim\) at \(100.5, 30\) is outside the 100x80 image"),
         ("length", r"annotation id=5 \(image id=1\): 6 keypoint values for category 'cup', which has 3 keypoints"),
         ("category", r"annotation id=5 \(image id=1\): unknown category id 7"),
-        ("bbox", r"annotation id=5 \(image id=1\): bbox \[10, 10, 0, 40\] has non-positive size"),
-        ("azimuth", r"annotation id=5 \(image id=1\): azimuth_bin 8 is outside 0-7"),
+        ("bbox", r"annotation id=5: field 'bbox': bbox has non-positive size: width and height must be > 0 \(got \[10, 10, 0, 40\]\)"),
+        ("azimuth", r"annotation id=5 \(image id=1\): field 'azimuth_bin': Input should be less than or equal to 7"),
     ],
 )
 def test_validation_errors_name_file_and_record(tmp_path, change, message):

@@ -7,6 +7,7 @@ short-lived access token sent as `Authorization: Bearer <access>`. Tokens are ne
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -21,9 +22,46 @@ from semcorr.errors import SemcorrError
 TRANSIENT = {429, 500, 502, 503, 504}
 
 
+class HTTPStatusError(SemcorrError):
+    """The server answered with an error status (`status`, and its `detail` message)."""
+
+    def __init__(self, message: str, status: int, detail: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+def reply_detail(body: bytes) -> str:
+    """The server's error message, whole but on one line: JSON `detail` (or the JSON), else the text."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        detail = parsed.get("detail", parsed.get("message", parsed.get("error")))
+        text = json.dumps(parsed, ensure_ascii=False) if detail is None else str(detail)
+    elif parsed is not None:
+        text = json.dumps(parsed, ensure_ascii=False)
+    elif text.lstrip().lower().startswith(("<!doctype", "<html")):
+        text = "an HTML page"
+    text = " ".join(text.split())
+    return text if len(text) <= 500 else text[:500] + " [...]"
+
+
 def token_kind(token: str) -> str:
     """'personal' for a JWT (three dot-separated parts), else 'legacy'."""
     return "personal" if token.count(".") == 2 else "legacy"
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, token-free reason for a connection failure."""
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"the answer was cut off after {len(exc.partial)} bytes"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    reason = getattr(exc, "reason", None) or exc
+    return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
 
 
 @dataclass
@@ -59,6 +97,7 @@ class LabelStudio:
 
     def _send(self, method: str, path: str, body: Any = None, auth: bool = True, raw: bool = False) -> Any:
         url = path if path.startswith("http") else f"{self.url}{path}"
+        where = f"{self.url}: {method} {urllib.parse.urlparse(url).path}"
         data = None if body is None else json.dumps(body).encode()
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(url, data=data, method=method)
@@ -68,22 +107,35 @@ class LabelStudio:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     payload = response.read()
-                    return payload if raw else (json.loads(payload) if payload else None)
             except urllib.error.HTTPError as exc:
                 if exc.code in TRANSIENT and attempt < self.retries:
                     time.sleep(self.backoff * 2 ** attempt)
                     continue
-                detail = exc.read()[:200].decode(errors="replace")
-                raise SemcorrError(f"{self.url}: {method} {urllib.parse.urlparse(url).path} answered {exc.code}: "
-                                   f"{detail}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                try:
+                    detail = reply_detail(exc.read())
+                except (OSError, http.client.HTTPException):
+                    detail = "(the reply was cut off)"
+                raise HTTPStatusError(f"{where} answered {exc.code}: {detail}", exc.code, detail) from None
+            except (http.client.HTTPException, urllib.error.URLError, TimeoutError, OSError) as exc:
+                # HTTPException: IncompleteRead, RemoteDisconnected, BadStatusLine (the server died mid-answer)
                 if attempt < self.retries:
                     time.sleep(self.backoff * 2 ** attempt)
                     continue
-                reason = getattr(exc, "reason", exc)
-                raise SemcorrError(f"{self.url}: Label Studio is not reachable ({reason}); start it with "
-                                   "`semcorr review server` or check --url") from None
+                raise SemcorrError(f"{where}: Label Studio is not reachable or stopped answering "
+                                   f"({_reason(exc)}); check that it runs (`semcorr review server`) and --url, then "
+                                   "run the command again") from None
+            if raw:
+                return payload
+            try:
+                return json.loads(payload) if payload else None
+            except ValueError:
+                raise SemcorrError(f"{where}: the answer is not JSON ({reply_detail(payload)[:80]}); check that "
+                                   "--url points at Label Studio") from None
         raise AssertionError("unreachable")
+
+    def get_raw(self, path: str) -> bytes:
+        """The body of a GET as bytes (e.g. an image the server serves)."""
+        return self._send("GET", path, raw=True)
 
     def get(self, path: str) -> Any:
         return self._send("GET", path)
@@ -105,12 +157,22 @@ class LabelStudio:
             who = self.get("/api/current-user/whoami")
             if not isinstance(who, dict) or "id" not in who:
                 problems.append("token: the server did not say who the token belongs to")
-        except SemcorrError as exc:
+        except HTTPStatusError as exc:
             kind = token_kind(self.token)
-            hint = ("legacy tokens are disabled for new organisations: use a personal access token or start the "
-                    "server with --enable-legacy-api-token") if kind == "legacy" else "create a new personal access token"
-            problems.append(f"token ({kind}): refused ({str(exc).split(': ', 1)[-1][:80]}); {hint}")
+            if exc.status not in (401, 403):
+                return [f"token ({kind}): the server answered {exc.status} ({exc.detail})"]
+            if "legacy" in exc.detail.lower() and "disabled" in exc.detail.lower():
+                hint = ("legacy tokens are disabled for this organisation: use a personal access token (Account & "
+                        "Settings) or enable legacy tokens in the organisation's settings")
+            elif kind == "legacy":
+                hint = ("the token is wrong: copy the Access Token from Account & Settings, or the `token` of "
+                        "`semcorr review server`'s credentials file")
+            else:
+                hint = "the personal access token is wrong or revoked: create a new one in Account & Settings"
+            problems.append(f"token ({kind}): refused ({exc.detail}); {hint}")
             return problems
+        except SemcorrError as exc:
+            return [f"token ({token_kind(self.token)}): {exc}"]
         if image_url is not None:
             try:
                 self._send("GET", image_url, raw=True)

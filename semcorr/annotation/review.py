@@ -9,8 +9,13 @@ region carries the ALM's confidence as `score`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
+import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -18,8 +23,9 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from semcorr import atomic
-from semcorr.annotation.labelstudio import LabelStudio
+from semcorr.annotation.labelstudio import HTTPStatusError, LabelStudio
 from semcorr.errors import SemcorrError
+from semcorr.paths import safe_component, safe_relative
 from semcorr.store import Category, Dataset, ImageInfo, Instance
 
 ACCEPT_TOLERANCE_PX = 1.5
@@ -36,10 +42,46 @@ def labeling_config(category: Category) -> str:
             f'  </KeyPointLabels>\n</View>')
 
 
+def image_path(dataset: Dataset, image: ImageInfo) -> Path:
+    """The image file, resolved; its `file_name` must be a safe relative path."""
+    name = safe_relative(image.file_name, f"annotations.json: image id={image.id}: file_name")
+    return (Path(dataset.image_root) / name).resolve()
+
+
 def image_url(dataset: Dataset, image: ImageInfo, document_root: Path = Path("/")) -> str:
-    """The image as Label Studio's local file serving names it."""
-    path = (Path(dataset.image_root) / image.file_name).resolve()
-    return "/data/local-files/?d=" + str(path.relative_to(document_root.resolve()))
+    """The image as Label Studio's local file serving names it (relative to its LOCAL_FILES_DOCUMENT_ROOT)."""
+    relative = image_path(dataset, image).relative_to(Path(document_root).resolve())
+    return "/data/local-files/?d=" + urllib.parse.quote(relative.as_posix(), safe="/")
+
+
+def find_document_root(client: LabelStudio, dataset: Dataset, image: ImageInfo) -> Path:
+    """The server's LOCAL_FILES_DOCUMENT_ROOT, found by asking it for one image under each ancestor folder.
+
+    Label Studio names a local file relative to its document root, which the API does not tell;
+    the right ancestor of the image folder is the one whose URL the server serves. `semcorr
+    review server --dataset D` sets it to the folder holding D's images folder.
+
+    Raises:
+        SemcorrError: one line saying how to let the server serve the images.
+    """
+    image_root = Path(dataset.image_root).resolve()
+    path = image_path(dataset, image)
+    for candidate in image_root.parents:
+        url = image_url(dataset, image, candidate)
+        try:
+            client.get_raw(url)
+            return candidate
+        except HTTPStatusError as exc:
+            if exc.status == 404:
+                continue
+            raise SemcorrError(f"{client.url}: cannot serve the image {path} (answered {exc.status}); "
+                               f"start the server with `semcorr review server --dataset DATASET`") from None
+        except SemcorrError as exc:
+            raise SemcorrError(f"{client.url}: cannot serve the image {path} ({str(exc).split(': ', 1)[-1][:120]}); "
+                               f"start the server with `semcorr review server --dataset DATASET`") from None
+    raise SemcorrError(f"{client.url}: the server does not serve {path}; start it with `semcorr review server "
+                       f"--dataset DATASET` (or set LOCAL_FILES_SERVING_ENABLED=true and LOCAL_FILES_DOCUMENT_ROOT "
+                       f"to a folder above {image_root})")
 
 
 def instance_regions(instance: Instance, category: Category, image: ImageInfo, keypoints: np.ndarray | None = None,
@@ -68,13 +110,18 @@ def instance_regions(instance: Instance, category: Category, image: ImageInfo, k
 
 @dataclass
 class KeypointAction:
-    """What a reviewer did to one keypoint."""
+    """What a reviewer did to one keypoint.
+
+    `replaced`: the reviewer deleted the ALM's point and placed the same label anew; the action
+    is then `accepted` or `dragged` by the distance from the deleted prediction.
+    """
 
     ann_id: int
     index: int
     action: str
     xy: tuple[float, float] | None
     displacement: float = 0.0
+    replaced: bool = False
 
 
 @dataclass
@@ -87,6 +134,24 @@ class TaskReview:
     problems: list[str] = field(default_factory=list)
 
 
+# a position the reviewer placed or moved beats one left as predicted, which beats a deletion
+_PRECEDENCE = {"dragged": 2, "added": 2, "manual": 2, "accepted": 1, "discarded": 0}
+_REGION_ID = re.compile(r"^a(\d+)k(\d+)$")
+
+
+def winning_action(actions: list[KeypointAction]) -> KeypointAction:
+    """The action that decides one keypoint: a reviewed position always beats a deletion, in any order.
+
+    Among positions, one the reviewer placed or moved beats one left as predicted; among equals
+    the last one given wins.
+    """
+    best = actions[0]
+    for action in actions[1:]:
+        if _PRECEDENCE[action.action] >= _PRECEDENCE[best.action]:
+            best = action
+    return best
+
+
 def _pixel(region: dict) -> tuple[float, float]:
     return (region["value"]["x"] * region["original_width"] / 100.0,
             region["value"]["y"] * region["original_height"] / 100.0)
@@ -94,18 +159,23 @@ def _pixel(region: dict) -> tuple[float, float]:
 
 def classify(predicted: list[dict], reviewed: list[dict], category: Category, image: ImageInfo,
              tolerance: float = ACCEPT_TOLERANCE_PX) -> tuple[list[KeypointAction], list[str]]:
-    """Compare a task's predicted regions with the reviewer's result.
+    """Compare a task's predicted regions with the reviewer's result: one action per keypoint.
 
     A predicted keypoint whose region id is still there within `tolerance` pixels is
     accepted, farther away dragged (displacement kept), gone discarded; a keypoint region the
-    prediction did not have is added (or manual when there was no prediction). Labels unknown
-    to the schema and points outside the image are reported and skipped.
+    prediction did not have is added (or manual when there was no prediction). A prediction
+    deleted and its label placed anew on the same instance is one move of the prediction
+    (accepted or dragged, `replaced`), never a discard: the reviewed position wins whatever the
+    order of the regions. Labels unknown to the schema, points outside the image and keypoints
+    placed twice are reported (a twice-placed keypoint keeps the position placed last).
     """
     index_of = {name: i for i, name in enumerate(category.keypoints)}
     boxes = {r["id"]: r for r in reviewed + predicted if r.get("type") == "rectanglelabels"}
     before = {r["id"]: r for r in predicted if r.get("type") == "keypointlabels"}
     after = {r["id"]: r for r in reviewed if r.get("type") == "keypointlabels"}
-    actions, problems = [], []
+    placed: dict[tuple[int, int], list[KeypointAction]] = {}
+    deleted: dict[tuple[int, int], tuple[float, float]] = {}
+    problems = []
     for region_id, region in after.items():
         label = (region["value"].get("keypointlabels") or [None])[0]
         if label not in index_of:
@@ -119,18 +189,37 @@ def classify(predicted: list[dict], reviewed: list[dict], category: Category, im
         if parent is None or not str(parent).startswith("a") or not str(parent)[1:].isdigit():
             problems.append(f"keypoint {label} belongs to no known instance box")
             continue
-        ann_id, index = int(str(parent)[1:]), index_of[label]
+        key = (int(str(parent)[1:]), index_of[label])
         if region_id in before:
             moved = float(np.hypot(*np.subtract(xy, _pixel(before[region_id]))))
-            action = "accepted" if moved <= tolerance else "dragged"
-            actions.append(KeypointAction(ann_id, index, action, xy, moved))
+            action = KeypointAction(*key, "accepted" if moved <= tolerance else "dragged", xy, moved)
         else:
-            actions.append(KeypointAction(ann_id, index, "added" if predicted else "manual", xy))
+            action = KeypointAction(*key, "added" if predicted else "manual", xy)
+        placed.setdefault(key, []).append(action)
     for region_id, region in before.items():
-        if region_id not in after:
-            ann_id, index = int(region_id[1:].split("k")[0]), int(region_id.split("k")[1])
-            actions.append(KeypointAction(ann_id, index, "discarded", None))
-    return sorted(actions, key=lambda a: (a.ann_id, a.index)), problems
+        if region_id in after:
+            continue
+        match = _REGION_ID.match(str(region_id))
+        if match is None:
+            problems.append(f"predicted region {region_id!r} is not named a<annotation id>k<keypoint index>")
+            continue
+        deleted[(int(match[1]), int(match[2]))] = _pixel(region)
+    actions = []
+    for key in sorted(set(placed) | set(deleted)):
+        if key not in placed:
+            actions.append(KeypointAction(*key, "discarded", None))
+            continue
+        candidates = placed[key]
+        best = winning_action(candidates)
+        if len(candidates) > 1:
+            problems.append(f"keypoint {category.keypoints[key[1]]} of annotation id={key[0]} is placed "
+                            f"{len(candidates)} times; kept one at ({best.xy[0]:.1f}, {best.xy[1]:.1f})")
+        if best.action == "added" and key in deleted:
+            moved = float(np.hypot(*np.subtract(best.xy, deleted[key])))
+            best = KeypointAction(*key, "accepted" if moved <= tolerance else "dragged", best.xy, moved,
+                                  replaced=True)
+        actions.append(best)
+    return actions, problems
 
 
 def _nearest_box(xy: tuple[float, float], boxes: dict[str, dict]) -> str | None:
@@ -146,29 +235,43 @@ def _nearest_box(xy: tuple[float, float], boxes: dict[str, dict]) -> str | None:
 
 
 def merge(dataset: Dataset, reviews: list[TaskReview], round_index: int) -> int:
-    """Write reviewed keypoints into the store with per-keypoint provenance; returns keypoints changed."""
+    """Write reviewed keypoints into the store with per-keypoint provenance; returns keypoints changed.
+
+    The actions on one keypoint are resolved with `winning_action` before anything is written,
+    so a reviewed position is never undone by a deletion listed after it (or before it).
+    """
     by_id = {inst.id: inst for inst in dataset.instances}
-    changed = 0
+    decided: dict[tuple[int, int], list[tuple[KeypointAction, TaskReview]]] = {}
     for review in reviews:
         for action in review.actions:
-            inst = by_id.get(action.ann_id)
-            if inst is None:
+            if action.ann_id not in by_id:
                 review.problems.append(f"annotation id={action.ann_id} is not in the store")
                 continue
-            if action.action == "discarded":
-                inst.keypoints[action.index] = (np.nan, np.nan, 0)
-            else:
-                inst.keypoints[action.index] = (*action.xy, 2)
-            provenance = inst.extra_attributes.setdefault("keypoint_provenance", {})
-            provenance[str(action.index)] = {"action": action.action, "round": round_index,
-                                             "annotator": review.annotator,
-                                             **({"displacement": round(action.displacement, 2)}
-                                                if action.action == "dragged" else {})}
-            changed += 1
+            if not 0 <= action.index < len(by_id[action.ann_id].keypoints):
+                review.problems.append(f"annotation id={action.ann_id}: keypoint index {action.index} is not in "
+                                       "its schema")
+                continue
+            decided.setdefault((action.ann_id, action.index), []).append((action, review))
+    changed = 0
+    for (ann_id, index), entries in sorted(decided.items()):
+        action = winning_action([a for a, _ in entries])
+        review = next(r for a, r in entries if a is action)
+        inst = by_id[ann_id]
+        if action.action == "discarded":
+            inst.keypoints[index] = (np.nan, np.nan, 0)
+        else:
+            inst.keypoints[index] = (*action.xy, 2)
+        provenance = inst.extra_attributes.setdefault("keypoint_provenance", {})
+        provenance[str(index)] = {"action": action.action, "round": round_index, "annotator": review.annotator,
+                                  **({"displacement": round(action.displacement, 2)}
+                                     if action.action == "dragged" else {}),
+                                  **({"replaced": True} if action.replaced else {})}
+        changed += 1
     return changed
 
 
-def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alpha: float = 0.1) -> dict:
+def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alpha: float = 0.1,
+                 seen: set[int] | None = None) -> dict:
     """Acceptance rate, drag distances, discards, additions of a pulled round.
 
     With `dataset` (for the boxes) it also gives the ALM's PCK@alpha (of the box's longer
@@ -176,6 +279,11 @@ def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alph
     keypoints the reviewer left visible, a hit is an accepted keypoint or one dragged by at
     most alpha times the box side; a keypoint the reviewer had to add is a miss. After
     review the store holds the reviewed labels, so its PCK against them is 100 by definition.
+
+    `seen`: annotation ids that already carried labels when the round was pushed (the ALM
+    trains on every labelled non-test instance, so it may have seen them). The PCK is measured
+    on the other instances (`alm_pck_scope` "held out"); when there are none, or `seen` is
+    unknown (None), on all of the round's instances, and the scope says they are not held out.
     """
     actions = [a for r in reviews for a in r.actions]
     counts = {name: sum(a.action == name for a in actions) for name in ACTIONS}
@@ -188,18 +296,84 @@ def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alph
     if dataset is not None:
         sides = {inst.id: max(inst.bbox[2], inst.bbox[3]) for inst in dataset.instances}
         visible = [a for a in actions if a.action in ("accepted", "dragged", "added") and a.ann_id in sides]
+        held_out = [a for a in visible if seen is not None and a.ann_id not in seen]
+        if held_out:
+            scope, measured = "held out", held_out
+        else:
+            scope = "not held out" if seen is not None else "unknown"
+            measured = visible
         hits = sum(a.action == "accepted" or (a.action == "dragged" and a.displacement <= alpha * sides[a.ann_id])
-                   for a in visible)
-        report["alm_pck_before_review"] = 100.0 * hits / len(visible) if visible and predicted else float("nan")
-        report["alm_pck_after_review"] = 100.0 if visible and predicted else float("nan")
+                   for a in measured)
+        report["alm_pck_before_review"] = 100.0 * hits / len(measured) if measured and predicted else float("nan")
+        report["alm_pck_after_review"] = 100.0 if measured and predicted else float("nan")
+        report["alm_pck_scope"] = scope
+        report["alm_pck_instances"] = len({a.ann_id for a in measured})
     return report
 
 
+def pck_line(report: dict, alpha: float = 0.1) -> str | None:
+    """The report's ALM PCK as one honest line (None when the round had no predictions)."""
+    value = report.get("alm_pck_before_review")
+    if value is None or value != value:
+        return None
+    where = {"held out": "instances that were unlabelled when pushed (held out: the ALM never trained on them)",
+             "not held out": "this round's instances, which were already labelled when pushed (NOT held out: the "
+                             "ALM may have trained on them)",
+             "unknown": "this round's instances (not known to be held out: the push predates this record)"}
+    return (f"ALM pre-labels vs reviewed labels, PCK@{alpha:g} before review {value:.1f} (after review "
+            f"{report['alm_pck_after_review']:.1f} by definition) on {report['alm_pck_instances']} "
+            f"{where[report['alm_pck_scope']]}")
+
+
+def raw_export_stem(round_index: int, category: str) -> str:
+    """`round<N>_<category>` as one safe file-name component (a hash tells apart names made safe alike)."""
+    safe = safe_component(category)
+    if safe != category:
+        safe += "-" + hashlib.sha1(str(category).encode()).hexdigest()[:8]
+    return f"round{int(round_index)}_{safe}"
+
+
 def save_raw_export(root: Path, round_index: int, category: str, export: list) -> Path:
-    """Keep Label Studio's raw export before anything is merged (human work is never lost)."""
-    path = Path(root) / "annotation" / "raw" / f"round{round_index}_{category}.json"
-    atomic.write_json(path, export)
-    return path
+    """Keep Label Studio's raw export before anything is merged (human work is never lost).
+
+    The file is `annotation/raw/round<N>_<category>.json`; an existing export is never
+    overwritten: a different one goes to the next free `round<N>_<category>.<k>.json` (created
+    exclusively), an identical one is not written again.
+    """
+    folder = Path(root) / "annotation" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = raw_export_stem(round_index, category)
+    data = (json.dumps(export, ensure_ascii=False) + "\n").encode("utf-8")
+    existing = _raw_export_files(folder, stem)
+    if existing and existing[-1].read_bytes() == data:
+        return existing[-1]
+    fd, staging = tempfile.mkstemp(prefix=f".{stem}.semcorr-{os.getpid()}-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(staging, 0o666 & ~mask)
+        number = 0
+        while True:
+            path = folder / (f"{stem}.json" if number == 0 else f"{stem}.{number}.json")
+            try:
+                os.link(staging, path)  # fails when the name exists: nothing is ever overwritten
+                return path
+            except FileExistsError:
+                number += 1
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+
+
+def _raw_export_files(folder: Path, stem: str) -> list[Path]:
+    """The raw exports of one round and category, oldest first."""
+    pattern = re.compile(rf"^{re.escape(stem)}(?:\.(\d+))?\.json$")
+    found = [(int(m[1] or 0), p) for p in folder.glob(f"{stem}*.json") if (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def find_project(client: LabelStudio, title: str) -> dict | None:
@@ -239,7 +413,7 @@ def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int]
     """
     problems = client.preflight()
     if problems:
-        raise SemcorrError("preflight failed:\n" + "\n".join(problems))
+        raise SemcorrError("; ".join(problems))
     counts = {"created": 0, "predictions": 0, "skipped": 0}
     wanted = set(image_ids)
     for category in sorted(dataset.categories.values(), key=lambda c: c.id):
@@ -247,9 +421,7 @@ def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int]
         if not members or not category.num_keypoints:
             continue
         project_id = ensure_project(client, root, category, dataset.image_root)
-        problems = client.preflight(image_url(dataset, dataset.images[members[0].image_id]))
-        if problems:
-            raise SemcorrError("preflight failed:\n" + "\n".join(problems))
+        document_root = find_document_root(client, dataset, dataset.images[members[0].image_id])
         existing = {t["data"].get("semcorr_image_id"): t for t in client.all_tasks(project_id)}
         version = f"alm-round-{round_index}"
         new_tasks = []
@@ -266,7 +438,7 @@ def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int]
                 inst, category, image, np.zeros_like(inst.keypoints))]
             task = existing.get(image_id)
             if task is None:
-                entry = {"data": {"image": image_url(dataset, image), "semcorr_image_id": image_id,
+                entry = {"data": {"image": image_url(dataset, image, document_root), "semcorr_image_id": image_id,
                                   "semcorr_round": round_index}}
                 entry["predictions"] = [{"model_version": version if predictions is not None else "boxes",
                                          "score": float(np.mean([r.get("score", 1.0) for r in result] or [1.0])),
@@ -286,42 +458,76 @@ def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int]
     return counts
 
 
+def annotator_name(client: LabelStudio, completed_by, cache: dict) -> str:
+    """Who completed an annotation, as `First Last <email>` (or the email): Label Studio's export gives
+    only a user id, so the user is looked up once per id; `user <id>` when the server will not say."""
+    if isinstance(completed_by, dict):
+        user, key = completed_by, completed_by.get("id")
+    else:
+        key, user = completed_by, None
+    if key in cache:
+        return cache[key]
+    if user is None or not user.get("email"):
+        try:
+            user = client.get(f"/api/users/{int(key)}")
+        except (SemcorrError, TypeError, ValueError):
+            user = user or {}
+    user = user if isinstance(user, dict) else {}
+    name = " ".join(str(user.get(k) or "").strip() for k in ("first_name", "last_name")).strip()
+    email = str(user.get("email") or user.get("username") or "").strip()
+    text = f"{name} <{email}>" if name and email else (email or name or (f"user {key}" if key is not None else ""))
+    cache[key] = text
+    return text
+
+
 def pull(client: LabelStudio, root: Path, dataset: Dataset, round_index: int,
          tolerance: float = ACCEPT_TOLERANCE_PX) -> list[TaskReview]:
-    """Export each category's project, save the raw export, classify every reviewed task."""
-    reviews = []
+    """Export each category's project, save the raw export, classify every reviewed task.
+
+    Every raw export is saved (never overwriting an earlier one) before any task is classified;
+    nothing is merged here.
+    """
+    exports = []
     for category in sorted(dataset.categories.values(), key=lambda c: c.id):
         project = find_project(client, project_title(root, category.name))
         if project is None:
             continue
         export = client.get(f"/api/projects/{project['id']}/export?exportType=JSON&download_all_tasks=true")
+        if not isinstance(export, list):
+            raise SemcorrError(f"{client.url}: the export of project {project['id']} is not a list of tasks; "
+                               "check the server version")
         save_raw_export(root, round_index, category.name, export)
-        version = f"alm-round-{round_index}"
+        exports.append((category, project, export))
+    reviews, users = [], {}
+    version = f"alm-round-{round_index}"
+    for category, project, export in exports:
         predictions_of = {t["id"]: t.get("predictions", []) for t in client.all_tasks(project["id"])}
         for task in export:
+            if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+                continue
             if task["data"].get("semcorr_round") != round_index:
                 continue
-            annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+            annotations = [a for a in task.get("annotations", []) if isinstance(a, dict) and not a.get("was_cancelled")]
             if not annotations:
                 continue
             image_id = task["data"].get("semcorr_image_id")
             if image_id not in dataset.images:
                 reviews.append(TaskReview(image_id=image_id, annotator="", problems=[
-                    f"task {task['id']}: image {image_id} is not in the store"]))
+                    f"task {task.get('id')}: image {image_id} is not in the store"]))
                 continue
-            latest = max(annotations, key=lambda a: (a.get("updated_at") or "", a["id"]))
-            predicted = next((p["result"] for p in predictions_of.get(task["id"], [])
+            latest = max(annotations, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0))
+            predicted = next((p["result"] for p in predictions_of.get(task.get("id"), [])
                               if isinstance(p, dict) and p.get("model_version") == version), [])
-            actions, problems = classify(predicted, latest.get("result", []), category, dataset.images[image_id],
+            actions, problems = classify(predicted, latest.get("result") or [], category, dataset.images[image_id],
                                          tolerance)
-            annotator = str(latest.get("completed_by", {}).get("email") if isinstance(latest.get("completed_by"), dict)
-                            else latest.get("completed_by", ""))
+            annotator = annotator_name(client, latest.get("completed_by"), users)
             reviews.append(TaskReview(image_id=image_id, annotator=annotator, actions=actions,
-                                      problems=[f"task {task['id']}: {p}" for p in problems]))
+                                      problems=[f"task {task.get('id')}: {p}" for p in problems]))
     return reviews
 
 
 def load_raw_exports(root: Path, round_index: int) -> dict[str, list]:
-    """The raw exports saved for a round (category -> tasks)."""
+    """The raw exports saved for a round (file name -> tasks), oldest first per category."""
     folder = Path(root) / "annotation" / "raw"
-    return {p.stem.split("_", 1)[1]: json.loads(p.read_text()) for p in sorted(folder.glob(f"round{round_index}_*.json"))}
+    return {p.name: json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted(folder.glob(f"round{int(round_index)}_*.json"))}

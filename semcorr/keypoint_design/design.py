@@ -10,7 +10,6 @@ against the schema already in the output folder.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,13 @@ from semcorr.errors import SemcorrError
 from semcorr.keypoint_design import candidates as cand
 from semcorr.keypoint_design import scoring, sheets
 from semcorr.keypoint_design.views import VIEW_NAMES, orbit_cameras, render_views, visibility_matrix
-from semcorr.keypoint_schema import KeypointSchema, load_schema, schema_to_json
+from semcorr.keypoint_schema import KeypointSchema, load_schema, parse_axes, schema_to_json
+from semcorr.paths import refuse_file_target
 from semcorr.rendering import Renderer
 from semcorr.synth.prototypes import canonical_parts, load_mesh_parts
 
 SCHEMA_FILE = "schema.json"
+VOTES_USED_FILE = "votes_used.csv"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,36 @@ class DesignResult:
     candidates: list[cand.Candidates]
     version_note: str
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def checked_options(options: DesignOptions) -> DesignOptions:
+    """`options` with the axes normalised (x, y, z with an optional sign, any case); SemcorrError with
+    one line naming the option when an axis is unknown, the axes are parallel or a number is out of range."""
+    import dataclasses
+    import math
+
+    up, front = parse_axes(options.up_axis, options.front_axis)
+
+    def number(option: str, value: object, low: float, high: float, low_open: bool = False,
+               whole: bool = False) -> None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low) and value <= high
+        if ok and whole:
+            ok = float(value).is_integer()
+        if not ok:
+            kind = "a whole number" if whole else "a finite number"
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise SemcorrError(f"{option} {value!r}: must be {kind} in {bounds}")
+
+    number("--threshold", options.threshold, 0.0, 1.0)
+    number("--merge-distance", options.merge_distance, 0.0, 1.0, low_open=True)
+    number("disagreement", options.disagreement, 0.0, 1.0)
+    number("symmetry_tolerance", options.symmetry_tolerance, 0.0, 1.0)
+    number("--size", options.size, 64, 4096, whole=True)
+    number("--max-candidates", options.max_candidates, 1, 10000, whole=True)
+    number("--seed", options.seed, 0, 2**32 - 1, whole=True)
+    return dataclasses.replace(options, up_axis=up, front_axis=front)
 
 
 def merge_chosen(candidate_sets: list[cand.Candidates], visibility: dict[str, np.ndarray], chosen: pd.Series,
@@ -182,7 +213,10 @@ def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: 
     """Run vote-keypoints and write its outputs into `out_dir` (nothing is written on error)."""
     say = progress or (lambda _step: None)
     out_dir = Path(out_dir)
+    options = checked_options(options)
+    refuse_file_target(out_dir, "--out")
     votes = scoring.load_votes(votes_path) if votes_path is not None else None
+    votes_bytes = Path(votes_path).read_bytes() if votes_path is not None else None
     _previous_schema(out_dir, category)
     raw_parts = load_mesh_parts(mesh_path)
     try:
@@ -207,13 +241,22 @@ def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: 
     table = automatic.add_prefix("auto_")
     agreement: dict[str, float] = {}
     used = automatic.copy()
+    notes: list[str] = []
     if votes is not None:
         voted = scoring.aggregate_votes(votes, options.disagreement)
         table = table.join(voted.add_prefix("vote_"), how="left")
         for name in scoring.CRITERIA:
             used[name] = table[f"vote_{name}"].fillna(automatic[name])
         agreement = scoring.agreement(votes)
-        table["source"] = np.where(table["vote_votes"].notna(), "votes", "automatic")
+        have = table[[f"vote_{name}" for name in scoring.CRITERIA]].notna().sum(axis=1)
+        table["source"] = np.where(have == len(scoring.CRITERIA), "votes",
+                                   np.where(have > 0, "votes+automatic", "automatic"))
+        unvoted = int((have == 0).sum())
+        partial = int(((have > 0) & (have < len(scoring.CRITERIA))).sum())
+        if unvoted or partial:
+            notes.append(f"votes: {len(votes)} filled row(s) used; {unvoted} of {len(table)} (view, scheme) cells "
+                         f"had no votes and {partial} had some criteria unvoted: the automatic scores stand in "
+                         "for them")
     else:
         table["source"] = "automatic"
     decided = scoring.choose(used, options.threshold)
@@ -229,8 +272,7 @@ def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: 
     flips = flip_pairs(xyz, options.merge_distance) if symmetric else []
     version, mapping, note = _version(out_dir, category, xyz, names, options.merge_distance)
     mesh_xyz = trimesh.transform_points(xyz, np.linalg.inv(transform))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mesh_ref = Path(os.path.relpath(Path(mesh_path).resolve(), out_dir.resolve()))
+    mesh_ref = Path(mesh_path).expanduser().resolve()
     schema = KeypointSchema(
         category=category, names=names, xyz=mesh_xyz,
         descriptions=tuple(s["description"] for s in sources),
@@ -241,15 +283,21 @@ def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: 
                               "xyz_canonical": [round(float(v), 6) for v in p]} for s, p in zip(sources, xyz)),
     )
     say("writing")
-    files = sheets.write_outputs(out_dir, schema, table, candidate_sets, visibility, six, version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    if votes_bytes is not None:  # the human input, kept first and verbatim beside what it produced
+        atomic.write_bytes(out_dir / VOTES_USED_FILE, votes_bytes)
+        files.append(out_dir / VOTES_USED_FILE)
+    written, sheet_notes = sheets.write_outputs(out_dir, schema, table, candidate_sets, visibility, six, version)
+    files += written
     files.insert(0, _write_schema(out_dir, schema))
     return DesignResult(schema=schema, scores=table, agreement=agreement, candidates=candidate_sets,
                         version_note=note + ("" if symmetric else "; not mirror-symmetric: no flip pairs"),
-                        files=files)
+                        files=files, notes=notes + sheet_notes)
 
 
 def _write_schema(out_dir: Path, schema: KeypointSchema) -> Path:
-    data = schema_to_json(schema)
+    data = schema_to_json(schema, relative_to=out_dir)
     atomic.write_json(out_dir / f"schema_v{schema.version}.json", data, indent=2)
     atomic.write_json(out_dir / SCHEMA_FILE, data, indent=2)
     return out_dir / SCHEMA_FILE

@@ -19,6 +19,7 @@ is above the threshold are chosen.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -52,40 +53,63 @@ def choose(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
 
 
 def load_votes(path: Path) -> pd.DataFrame:
-    """Read and validate a votes CSV; SemcorrError naming the file and row of the first problem."""
+    """Read and validate a votes CSV; SemcorrError naming the file and row of the first problem.
+
+    A partly filled voting sheet is fine: rows with no score at all (the blank template's rows)
+    are skipped, and a criterion left empty in a row is NaN (the automatic score stands in for
+    a cell where nobody scored that criterion).
+    """
     path = Path(path)
     if not path.is_file():
         raise SemcorrError(f"{path}: votes file not found")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        raise SemcorrError(f"{path}: gzip-compressed; decompress it first (gunzip) and pass the CSV")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SemcorrError(f"{path}: not UTF-8 text (byte {exc.start}); save the sheet as UTF-8 CSV") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [str(c).strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = header
         missing = [c for c in VOTE_COLUMNS if c not in header]
         if missing:
             raise SemcorrError(f"{path}: header: missing column {', '.join(missing)}; expected {', '.join(VOTE_COLUMNS)}")
         rows = []
-        for line, raw in enumerate(reader, start=2):
-            record = f"{path}: row {line}"
-            view, scheme = (raw["view"] or "").strip(), (raw["scheme"] or "").strip()
+        for raw in reader:
+            record = f"{path}: row {reader.line_num}"
+            cells = {c: (raw.get(c) or "") if isinstance(raw.get(c), str) else "" for c in VOTE_COLUMNS}
+            cells = {c: v.strip() for c, v in cells.items()}
+            if not any(cells[name] for name in CRITERIA):
+                continue  # nothing voted in this row (a blank template row): the automatic score stands
+            view, scheme = cells["view"], cells["scheme"]
             if view not in VIEW_NAMES:
                 raise SemcorrError(f"{record}: unknown view {view!r}; use one of {', '.join(VIEW_NAMES)}")
             if scheme not in SCHEMES:
                 raise SemcorrError(f"{record}: unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
             values = {}
             for name in CRITERIA:
-                text = (raw[name] or "").strip()
+                text_value = cells[name]
+                if not text_value:
+                    values[name] = np.nan
+                    continue
                 try:
-                    value = float(text)
+                    value = float(text_value)
                 except ValueError:
-                    raise SemcorrError(f"{record}: {name} {text!r} is not a number in [0, 1]") from None
-                if not 0.0 <= value <= 1.0:
+                    raise SemcorrError(f"{record}: {name} {text_value!r} is not a number in [0, 1]") from None
+                if not 0.0 <= value <= 1.0:  # also refuses NaN
                     raise SemcorrError(f"{record}: {name} {value:g} is outside [0, 1]")
                 values[name] = value
-            annotator = (raw["annotator"] or "").strip()
+            annotator = cells["annotator"]
             if not annotator:
                 raise SemcorrError(f"{record}: empty annotator; name who gave the scores")
             rows.append({"annotator": annotator, "view": view, "scheme": scheme, **values})
+    except csv.Error as exc:
+        raise SemcorrError(f"{path}: row {reader.line_num}: malformed CSV ({exc})") from None
     if not rows:
-        raise SemcorrError(f"{path}: holds no votes")
+        raise SemcorrError(f"{path}: holds no votes (every score is empty); fill in saliency, completeness and "
+                           "uniformity for some rows, or leave out --votes")
     return pd.DataFrame(rows, columns=list(VOTE_COLUMNS))
 
 
@@ -99,6 +123,7 @@ def aggregate_votes(votes: pd.DataFrame, disagreement: float = 0.25) -> pd.DataF
     table = grouped[list(CRITERIA)].mean()
     spread = grouped[list(CRITERIA)].std(ddof=0).fillna(0.0)
     table["votes"] = grouped.size()
+    table["voted_criteria"] = grouped[list(CRITERIA)].count().gt(0).sum(axis=1)
     table["disagree"] = (spread > disagreement).any(axis=1)
     for name in CRITERIA:
         table[f"{name}_std"] = spread[name]
@@ -129,7 +154,7 @@ def krippendorff_alpha_interval(units: list[list[float]]) -> float:
 
 def agreement(votes: pd.DataFrame) -> dict[str, float]:
     """Krippendorff's alpha per criterion over the (view, scheme) cells."""
-    return {name: krippendorff_alpha_interval([g[name].tolist() for _, g in votes.groupby(["view", "scheme"])])
+    return {name: krippendorff_alpha_interval([g[name].dropna().tolist() for _, g in votes.groupby(["view", "scheme"])])
             for name in CRITERIA}
 
 

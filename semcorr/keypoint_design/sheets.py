@@ -66,7 +66,7 @@ def score_table_csv(scores: pd.DataFrame) -> str:
                          "votes_std": round(row[f"vote_{name}_std"], 4)
                          if pd.notna(row.get(f"vote_{name}_std")) else ""})
         rows.append({"view": view, "scheme": scheme, "criterion": "total", "automatic": round(row["auto_total"], 4),
-                     "votes": round(row["total"], 4) if row["source"] == "votes" else "", "votes_std": ""})
+                     "votes": round(row["total"], 4) if row["source"] != "automatic" else "", "votes_std": ""})
         rows.append({"view": view, "scheme": scheme, "criterion": "chosen", "automatic": "",
                      "votes": "", "votes_std": "", "used": row["source"], "chosen": bool(row["chosen"])})
     return pd.DataFrame(rows).to_csv(index=False)
@@ -91,18 +91,57 @@ def candidates_csv(candidate_sets: list[Candidates], visibility: dict[str, np.nd
     return pd.DataFrame(rows).to_csv(index=False)
 
 
+VOTING_SHEET = "voting_sheet.csv"
+BLANK_VOTING_SHEET = "voting_sheet_blank.csv"
+
+
+def _is_blank_sheet(path: Path) -> bool:
+    """True when `path` holds exactly the blank template (ignoring line endings and trailing space)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return False
+    normalise = lambda t: [line.rstrip() for line in t.strip().splitlines()]  # noqa: E731
+    return normalise(text) == normalise(voting_sheet_csv())
+
+
+def write_voting_sheet(out_dir: Path) -> tuple[Path | None, str | None]:
+    """Write the blank voting sheet without ever replacing a sheet someone has filled in.
+
+    `voting_sheet.csv` is written when it is absent or still blank; otherwise the template goes to
+    `voting_sheet_blank.csv` and the returned note says so.
+    """
+    sheet = out_dir / VOTING_SHEET
+    if not sheet.exists() or (sheet.is_file() and _is_blank_sheet(sheet)):
+        atomic.write_text(sheet, voting_sheet_csv())
+        return sheet, None
+    blank = out_dir / BLANK_VOTING_SHEET
+    if blank.exists() and not (blank.is_file() and _is_blank_sheet(blank)):
+        return None, (f"{sheet} and {blank} hold edits: both kept as they are, no blank voting sheet written")
+    atomic.write_text(blank, voting_sheet_csv())
+    return blank, f"{sheet} holds votes: kept as it is; the blank template went to {blank.name}"
+
+
 def write_outputs(out_dir: Path, schema: KeypointSchema, scores: pd.DataFrame, candidate_sets: list[Candidates],
-                  visibility: dict[str, np.ndarray], views: list[ViewRender], version: int) -> list[Path]:
-    """Write contact sheets, voting sheet, score table and candidates (atomically, file by file)."""
-    files = []
+                  visibility: dict[str, np.ndarray], views: list[ViewRender], version: int
+                  ) -> tuple[list[Path], list[str]]:
+    """Write contact sheets, voting sheet, score table and candidates (atomically, file by file).
+
+    Returns the files written and notes for the user (a filled voting sheet left untouched)."""
+    files, notes = [], []
     for index, view in enumerate(views):
         buffer = io.BytesIO()
         contact_sheet(view, candidate_sets, visibility, index, scores).save(buffer, format="PNG")
         path = out_dir / f"contact_{view.name}.png"
         atomic.write_bytes(path, buffer.getvalue())
         files.append(path)
-    for name, text in (("voting_sheet.csv", voting_sheet_csv()), ("scores.csv", score_table_csv(scores)),
+    sheet, note = write_voting_sheet(out_dir)
+    if sheet is not None:
+        files.append(sheet)
+    if note:
+        notes.append(note)
+    for name, text in (("scores.csv", score_table_csv(scores)),
                        ("candidates.csv", candidates_csv(candidate_sets, visibility))):
         atomic.write_text(out_dir / name, text)
         files.append(out_dir / name)
-    return files
+    return files, notes
