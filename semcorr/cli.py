@@ -536,9 +536,9 @@ def validate(dataset: Annotated[Path, typer.Argument(help="dataset directory")])
     data = store.load_dataset(dataset)
     line = f"ok: {len(data.images)} images, {len(data.instances)} instances, {len(data.categories)} categories"
     if (Path(dataset) / store.SPLITS_FILE).exists():
-        line += f", {len(store.load_splits(dataset))} images split"
+        line += f", {len(store.load_splits(dataset, data))} images split"
     if (Path(dataset) / store.PAIRS_FILE).exists():
-        line += f", {len(store.load_pairs(dataset)):,} pairs"
+        line += f", {len(store.load_pairs(dataset, data)):,} pairs"
     console.print(line)
 
 

@@ -19,6 +19,7 @@ from semcorr.builders.statistics import azimuth_table, category_table, difficult
 from semcorr.errors import SemcorrError
 from semcorr.exports.spair import SpairExportReport, export_spair
 from semcorr.keypoint_schema import load_schema
+from semcorr.paths import refuse_overlap
 from semcorr.synth.generate import SynthOptions, synthesize
 from semcorr.synth.prototypes import BUILTIN_CATEGORIES, Prototype, builtin_prototype, load_prototype
 
@@ -92,7 +93,7 @@ def run_build_pairs(root: Path, mode: str = "spair", max_pairs: int = 30000, thr
     if mode not in ("spair", "misc"):
         raise SemcorrError(f"--mode {mode!r}: use spair or misc")
     dataset = store.load_dataset(root)
-    splits = store.load_splits(root)
+    splits = store.load_splits(root, dataset)
     if mode == "misc":
         units, counts = misc_units(dataset, splits)
         pairs = build_misc_pairs(units, counts, max_pairs=max_pairs, threshold=threshold, denominator=share_of,
@@ -121,8 +122,8 @@ def run_stats(root: Path, out_dir: Path | None = None) -> StatsResult:
     root = Path(root)
     out_dir = Path(out_dir) if out_dir else root / "stats"
     dataset = store.load_dataset(root, check_files=False)
-    splits = store.load_splits(root)
-    pairs = store.load_pairs(root)
+    splits = store.load_splits(root, dataset)
+    pairs = store.load_pairs(root, dataset)
     units, _, _ = spair_units(dataset, splits)
     difficulty = difficulty_table(pairs)
     categories = category_table(pairs)
@@ -143,7 +144,8 @@ def run_stats(root: Path, out_dir: Path | None = None) -> StatsResult:
 def run_export_spair(root: Path, out_dir: Path, progress: Progress = None) -> SpairExportReport:
     """Export a store's SPair pairs in the SPair-71k layout."""
     dataset = store.load_dataset(root)
-    pairs = store.load_pairs(root)
+    refuse_overlap(out_dir, [root, dataset.image_root])
+    pairs = store.load_pairs(root, dataset)
     return export_spair(dataset, pairs, out_dir, progress=progress)
 
 
@@ -258,7 +260,11 @@ def run_export_coco(root: Path, out_path: Path, sigmas: list[str] = ()) -> list[
         if len(numbers) != category.num_keypoints:
             raise SemcorrError(f"--sigmas {text!r}: {len(numbers)} values for {category.num_keypoints} keypoints")
         chosen[name] = numbers
-    pairs = store.load_pairs(root) if (Path(root) / store.PAIRS_FILE).exists() else None
+    out_path = Path(out_path)
+    for written in (out_path, out_path.with_name(out_path.stem + ".pairs.json")):
+        refuse_overlap(written, [root, dataset.image_root, *(Path(root) / name for name in (
+            store.ANNOTATIONS_FILE, store.SPLITS_FILE, store.PAIRS_FILE))], inside_ok=True)
+    pairs = store.load_pairs(root, dataset) if (Path(root) / store.PAIRS_FILE).exists() else None
     return export_coco(dataset, out_path, pairs, sigmas=chosen)
 
 
@@ -266,13 +272,21 @@ def run_export_misc(root: Path, out_dir: Path) -> dict[str, int]:
     """MISC-style export of a store's multi-instance pairs."""
     from semcorr.exports.misc import export_misc
 
-    return export_misc(store.load_dataset(root), store.load_pairs(root), out_dir)
+    dataset = store.load_dataset(root)
+    refuse_overlap(out_dir, [root, dataset.image_root])
+    return export_misc(dataset, store.load_pairs(root, dataset), out_dir)
 
 
 def run_evaluate(root: Path, predictions: Path | None, baseline: str | None, split: str | None,
                  alphas: tuple[float, ...], by: str, out_dir: Path | None):
-    """Evaluate predictions (or a built-in baseline) on a store's pairs; tables to CSV."""
+    """Evaluate predictions (or a built-in baseline) on a store's pairs; tables to CSV.
+
+    Everything is checked before anything is written: the options, the predictions (every
+    record, against the whole pairs table) and the output folder (never the dataset itself,
+    a folder holding it, or a folder inside its images).
+    """
     from semcorr.evaluation import evaluate as ev
+    from semcorr.paths import refuse_file_target, refuse_overlap
 
     if (predictions is None) == (baseline is None):
         raise SemcorrError("give exactly one of --predictions FILE or --baseline identity")
@@ -280,23 +294,35 @@ def run_evaluate(root: Path, predictions: Path | None, baseline: str | None, spl
         raise SemcorrError(f"--baseline {baseline!r}: the built-in baseline is 'identity'")
     if by not in ("bbox", "image"):
         raise SemcorrError(f"--by {by!r}: use bbox (SPair) or image")
+    if split not in (None, "all") and split not in store.SPLIT_NAMES:
+        raise SemcorrError(f"--split {split!r}: use one of {', '.join(store.SPLIT_NAMES)} or all")
+    alphas = ev.check_alphas(alphas)
+    root = Path(root)
+    out_dir = Path(out_dir) if out_dir else root / "evaluation"
+    refuse_file_target(out_dir, "--out")
+    refuse_overlap(out_dir, [root / store.ANNOTATIONS_FILE, root / store.SPLITS_FILE, root / store.PAIRS_FILE,
+                             root / store.IMAGES_DIR], "--out")
+    if predictions is not None and Path(predictions).parent.resolve() == out_dir.resolve() and Path(
+            predictions).name in {f"{name}.csv" for name in ev.TABLE_NAMES}:
+        raise SemcorrError(f"--out {out_dir}: would overwrite the predictions {predictions}; choose another folder")
     dataset = store.load_dataset(root, check_files=False)
     pairs = store.load_pairs(root)
+    preds = ev.load_predictions(predictions) if predictions is not None else None
+    if preds is not None:
+        ev.check_known(preds, pairs, str(predictions))
     if split not in (None, "all"):
-        if split not in store.SPLIT_NAMES:
-            raise SemcorrError(f"--split {split!r}: use one of {', '.join(store.SPLIT_NAMES)} or all")
         pairs = pairs[(pairs["split"] == split).to_numpy()].reset_index(drop=True)
     if pairs.empty:
-        raise SemcorrError(f"{Path(root) / store.PAIRS_FILE}: no pairs in split {split}")
-    if predictions is not None:
-        preds, source = ev.load_predictions(predictions), str(predictions)
+        raise SemcorrError(f"{root / store.PAIRS_FILE}: no pairs in split {split}")
+    if preds is not None:
+        wanted = set(pairs["pair_id"].astype(str))  # predictions of other splits are not evaluated
+        preds, source = {**preds, "pairs": {k: v for k, v in preds["pairs"].items() if k in wanted}}, str(predictions)
     else:
         preds, source = ev.identity_predictions(dataset, pairs), "identity baseline"
     if ev.is_misc(pairs):
         result = ev.evaluate_misc(dataset, pairs, preds, alphas, source=source)
     else:
         result = ev.evaluate_spair(dataset, pairs, preds, alphas, by=by, source=source)
-    out_dir = Path(out_dir) if out_dir else Path(root) / "evaluation"
     for name, table in result.tables.items():
         atomic.write_text(out_dir / f"{name}.csv", table.to_csv())
     return result, out_dir
@@ -342,15 +368,27 @@ def run_viewpoint(root: Path, schemas: list[Path], overwrite: bool = False) -> p
     return pd.DataFrame(rows, columns=["ann_id", "category", "azimuth_deg", "azimuth_bin", "confidence", "written"])
 
 
-def run_annotate_plan(root: Path, manual: float, first: float, seed: int) -> pd.DataFrame:
-    """Plan the annotation rounds of a store into `annotation/plan.json`."""
-    from semcorr.annotation.plan import plan_images, save_plan
+def run_annotate_plan(root: Path, manual: float, first: float, seed: int, clear_labels: bool = False,
+                      cleared: dict | None = None) -> pd.DataFrame:
+    """Plan the annotation rounds of a store into `annotation/plan.json` (with a hash of its splits).
+
+    `clear_labels`: first keep `annotations.json` as `annotation/imported_labels.json` and set every
+    keypoint to unlabelled, so a loop started from imported labels starts unlabelled. `cleared`
+    (a dict) receives `keypoints` and `copy` for the summary.
+    """
+    from semcorr.annotation.plan import clear_labels as clear, plan_images, save_plan
 
     dataset = store.load_dataset(root, check_files=False)
     splits_path = Path(root) / store.SPLITS_FILE
     splits = store.load_splits(root) if splits_path.exists() else {}
     plan = plan_images(list(dataset.images), splits, manual, first, seed)
-    save_plan(root, plan, seed, manual, first)
+    if clear_labels:
+        count, copy = clear(root, dataset)
+        if count:
+            store.save_dataset(dataset, root)
+        if cleared is not None:
+            cleared.update(keypoints=count, copy=copy)
+    save_plan(root, plan, seed, manual, first, splits)
     return plan
 
 
@@ -406,21 +444,25 @@ def run_review_push(root: Path, round_index: int, url: str | None, token: str | 
     from semcorr.alm.train import load_checkpoint, predict
     from semcorr.annotation import review
     from semcorr.annotation.labelstudio import LabelStudio
-    from semcorr.annotation.plan import images_in, load_plan, mark_status
+    from semcorr.annotation.plan import check_splits, images_in, load_plan, record_push
 
     client = LabelStudio.from_env(url, token)
     dataset = store.load_dataset(root)
     plan = load_plan(root)
+    splits = store.load_splits(root) if (Path(root) / store.SPLITS_FILE).exists() else {}
+    check_splits(root, plan, splits)
     chosen = image_set or REVIEW_SETS.get(round_index, "alm2")
     image_ids = images_in(plan, chosen)
+    members = [i for i in dataset.instances if i.image_id in set(image_ids)]
     predictions = None
     if chosen != "manual":
         path = checkpoint or alm_checkpoint_path(root, round_index - 1)
         alm = load_checkpoint(path)
-        members = [i for i in dataset.instances if i.image_id in set(image_ids)]
         predictions = predict(alm, dataset, members)
     counts = review.push(client, root, dataset, image_ids, round_index, predictions)
-    mark_status(root, image_ids, f"pushed round {round_index}")
+    # instances already labelled (other than by this round's own review) may be in the ALM's training data
+    record_push(root, round_index, image_ids,
+                [i.id for i in members if review.labelled_before_round(i, round_index)])
     return counts
 
 
@@ -428,13 +470,15 @@ def run_review_pull(root: Path, round_index: int, url: str | None, token: str | 
     """Export, keep the raw export, classify the reviewers' actions and merge them into the store."""
     from semcorr.annotation import review
     from semcorr.annotation.labelstudio import LabelStudio
-    from semcorr.annotation.plan import PLAN_FILE, mark_status
+    from semcorr.annotation.plan import PLAN_FILE, labelled_when_pushed, load_plan, mark_status
 
     client = LabelStudio.from_env(url, token)
     dataset = store.load_dataset(root)
-    reviews = review.pull(client, root, dataset, round_index)
+    has_plan = (Path(root) / PLAN_FILE).exists()
+    seen = labelled_when_pushed(load_plan(root), round_index) if has_plan else None
+    reviews = review.pull(client, root, dataset, round_index)  # raw exports are saved before anything is merged
     changed = review.merge(dataset, reviews, round_index)
     store.save_dataset(dataset, root)
-    if (Path(root) / PLAN_FILE).exists():
+    if has_plan:
         mark_status(root, sorted({r.image_id for r in reviews if r.actions}), f"reviewed round {round_index}")
-    return review.round_report(reviews, dataset), reviews, changed
+    return review.round_report(reviews, dataset, seen=seen), reviews, changed

@@ -65,8 +65,8 @@ def resolved(path: Path) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-def refuse_overlap(output: Path, inputs: Iterable[Path], option: str = "output") -> None:
-    """Refuse an output that is, contains or lies inside any input.
+def refuse_overlap(output: Path, inputs: Iterable[Path], option: str = "output", inside_ok: bool = False) -> None:
+    """Refuse an output that is, contains or (unless `inside_ok`) lies inside any input.
 
     Raises:
         SemcorrError: naming both paths.
@@ -76,7 +76,7 @@ def refuse_overlap(output: Path, inputs: Iterable[Path], option: str = "output")
         if source is None:
             continue
         src = resolved(source)
-        if out == src or out in src.parents or src in out.parents:
+        if out == src or out in src.parents or (src in out.parents and not inside_ok):
             relation = "is" if out == src else ("contains" if out in src.parents else "lies inside")
             raise SemcorrError(f"{option} {output} {relation} the input {source}; choose an output folder "
                                "outside the inputs")

@@ -432,11 +432,31 @@ def save_dataset(dataset: Dataset, root: Path) -> Path:
     return path
 
 
+def open_image(dataset: Dataset, image_id: int):
+    """The pixels of an image as a decoded RGB PIL image; SemcorrError for unreadable or mis-sized files."""
+    from PIL import Image, UnidentifiedImageError
+
+    image = dataset.images[image_id]
+    path = dataset.image_root / image.file_name
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            pixels = handle.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else " ".join(str(exc).split())[:100]
+        raise SemcorrError(f"{path}: image id={image_id}: cannot be read as an image ({reason}); "
+                           "replace the file") from None
+    if pixels.size != (image.width, image.height):
+        raise SemcorrError(f"{path}: image id={image_id}: is {pixels.size[0]}x{pixels.size[1]} pixels, but "
+                           f"annotations.json says {image.width}x{image.height}; fix width/height or the file")
+    return pixels
+
+
 # ---------------------------------------------------------------------------- splits and pairs
 
 
-def load_splits(root: Path) -> dict[int, str]:
-    """`splits.json` as image id -> split name."""
+def load_splits(root: Path, dataset: Dataset | None = None) -> dict[int, str]:
+    """`splits.json` as image id -> split name (given the dataset, every id must be one of its images)."""
     path = Path(root) / SPLITS_FILE
     raw = read_json(path)
     if not isinstance(raw, dict):
@@ -450,6 +470,11 @@ def load_splits(root: Path) -> dict[int, str]:
             splits[int(key)] = value
         except ValueError:
             raise SemcorrError(f"{path}: key {key!r} is not an image id; rerun `semcorr split`") from None
+    if dataset is not None:
+        unknown = sorted(set(splits) - set(dataset.images))
+        if unknown:
+            raise SemcorrError(f"{path}: image id={unknown[0]}: not an image of {ANNOTATIONS_FILE} "
+                               f"({len(unknown)} such ids); rerun `semcorr split`")
     return splits
 
 
@@ -460,13 +485,78 @@ def save_splits(splits: dict[int, str], root: Path) -> Path:
     return path
 
 
-def load_pairs(root: Path) -> pd.DataFrame:
-    """`pairs.parquet` as a DataFrame."""
+PAIR_COLUMNS = ("pair_id", "category", "split", "src_image_id", "trg_image_id", "kps_ids")
+SPAIR_COLUMNS = ("src_ann_id", "trg_ann_id", "src_azimuth_bin", "trg_azimuth_bin", "viewpoint_variation",
+                 "scale_variation", "truncation", "occlusion")
+MISC_COLUMNS = ("src_instances", "trg_instances", "shared", "share", "num_correspondences")
+
+
+def load_pairs(root: Path, dataset: Dataset | None = None) -> pd.DataFrame:
+    """`pairs.parquet` as a DataFrame, checked for its columns (and, given the dataset, its ids).
+
+    Raises:
+        SemcorrError: naming the file and the first bad column or pair.
+    """
     path = Path(root) / PAIRS_FILE
     if not path.is_file():
         raise SemcorrError(f"{path}: file not found; run `semcorr build-pairs` first")
-    table = pq.read_table(path)
-    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+    try:
+        table = pq.read_table(path)
+        pairs = table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        raise SemcorrError(f"{path}: not a readable pairs table ({' '.join(str(exc).split())[:120]}); "
+                           "rerun `semcorr build-pairs`") from None
+    check_pairs(pairs, path, dataset)
+    return pairs
+
+
+def check_pairs(pairs: pd.DataFrame, path: Path, dataset: Dataset | None = None) -> None:
+    """Check a pairs table's columns, types and (given the dataset) the ids and keypoint indexes it names."""
+
+    def fail(record: str, problem: str) -> SemcorrError:
+        return SemcorrError(f"{path}: {record}: {problem}; rerun `semcorr build-pairs`")
+
+    mode_columns = MISC_COLUMNS if "src_instances" in pairs.columns else SPAIR_COLUMNS
+    missing = [c for c in (*PAIR_COLUMNS, *mode_columns) if c not in pairs.columns]
+    if missing:
+        raise fail("columns", f"missing column(s) {', '.join(missing)}")
+    integer_columns = ["pair_id", "src_image_id", "trg_image_id"]
+    if mode_columns is SPAIR_COLUMNS:
+        integer_columns += ["src_ann_id", "trg_ann_id", "src_azimuth_bin", "trg_azimuth_bin", "viewpoint_variation",
+                            "scale_variation", "truncation", "occlusion"]
+    for column in integer_columns:
+        if not pd.api.types.is_integer_dtype(pairs[column]):
+            raise fail(f"column {column!r}", f"holds {pairs[column].dtype}, not integers")
+    if pairs["pair_id"].duplicated().any():
+        raise fail(f"pair_id={int(pairs.loc[pairs['pair_id'].duplicated(), 'pair_id'].iloc[0])}", "duplicate pair id")
+    bad_split = ~pairs["split"].astype(str).isin(SPLIT_NAMES)
+    if bad_split.any():
+        row = pairs[bad_split.to_numpy()].iloc[0]
+        raise fail(f"pair_id={row.pair_id}", f"split {row.split!r} is not one of {', '.join(SPLIT_NAMES)}")
+    try:
+        kps_ids = pa.array(pairs["kps_ids"]).to_pylist()
+    except (pa.ArrowException, TypeError, ValueError):
+        raise fail("column 'kps_ids'", "is not a list of keypoint indexes per pair") from None
+    if dataset is None:
+        return
+    by_name = {c.name: c for c in dataset.categories.values()}
+    instances = {inst.id: inst for inst in dataset.instances}
+    for row, kps in zip(pairs.itertuples(index=False), kps_ids):
+        record = f"pair_id={row.pair_id}"
+        category = by_name.get(str(row.category))
+        if category is None:
+            raise fail(record, f"unknown category {str(row.category)!r}")
+        for side in ("src", "trg"):
+            image_id = int(getattr(row, f"{side}_image_id"))
+            if image_id not in dataset.images:
+                raise fail(record, f"unknown {side} image id {image_id}")
+            ann_id = getattr(row, f"{side}_ann_id", None)
+            if ann_id is not None and (int(ann_id) not in instances or instances[int(ann_id)].image_id != image_id):
+                raise fail(record, f"{side} annotation id {int(ann_id)} is not an instance of image {image_id}")
+        if not isinstance(kps, list) or any(not isinstance(k, int) or not 0 <= k < category.num_keypoints
+                                            for k in kps):
+            raise fail(record, f"kps_ids {kps!r} are not keypoint indexes 0..{category.num_keypoints - 1} of "
+                               f"{category.name!r}")
 
 
 def save_pairs(pairs: pd.DataFrame, root: Path) -> Path:

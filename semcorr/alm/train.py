@@ -213,19 +213,88 @@ def save_checkpoint(alm: ALM, path: Path) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: Path) -> ALM:
-    """Load a checkpoint saved by `save_checkpoint` (weights_only: no code is unpickled)."""
+CHECKPOINT_KEYS = ("format", "round", "backbone", "crop_size", "data_hash", "keypoints", "state_dict")
+
+
+def read_torch_file(path: Path, kind: str) -> object:
+    """`torch.load(weights_only=True)` of a file; one-line SemcorrError when it is missing or unreadable.
+
+    The errors torch raises for a truncated file, random bytes or a pickle that is not plain
+    tensors and values are caught here, at the file boundary, and only here.
+    """
+    import pickle
+    import zipfile
+
     path = Path(path)
+    if not path.exists():
+        raise SemcorrError(f"{path}: {kind} checkpoint not found")
     if not path.is_file():
-        raise SemcorrError(f"{path}: checkpoint not found")
+        raise SemcorrError(f"{path}: not a file; give the {kind} checkpoint (.pt) file")
+    if path.stat().st_size == 0:
+        raise SemcorrError(f"{path}: empty file, not a {kind} checkpoint; train again or pick another file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SemcorrError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise SemcorrError(f"{path}: not an ALM checkpoint (format {FORMAT})")
-    model = KeypointNet({k: len(v) for k, v in payload["keypoints"].items()}, payload["backbone"], pretrained=False)
-    model.load_state_dict(payload["state_dict"])
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
+            KeyError, IndexError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+        reason = " ".join(str(exc).split())[:100]
+        raise SemcorrError(f"{path}: not a readable {kind} checkpoint (truncated or another kind of file: "
+                           f"{type(exc).__name__}: {reason}); train again or pick another file") from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load_checkpoint(path: Path) -> ALM:
+    """Load a checkpoint saved by `save_checkpoint` (weights_only: no code is unpickled).
+
+    Raises:
+        SemcorrError: one line naming the file and what is wrong (missing, unreadable, a patchnet
+            checkpoint, missing keys, wrong types, weights that do not fit the network).
+    """
+    from semcorr.alm.model import BACKBONES
+
+    path = Path(path)
+    payload = read_torch_file(path, "ALM")
+    if not isinstance(payload, dict):
+        raise SemcorrError(f"{path}: not an ALM checkpoint (holds a {type(payload).__name__}, not a dict); "
+                           "give a file written by `semcorr alm train`")
+    if payload.get("format") != FORMAT:
+        if "architecture" in payload and "format" not in payload:
+            raise SemcorrError(f"{path}: a patchnet checkpoint ({payload.get('architecture')!r}), not an ALM "
+                               "checkpoint; give a file written by `semcorr alm train`")
+        missing = [key for key in CHECKPOINT_KEYS if key not in payload]
+        raise SemcorrError(f"{path}: not an ALM checkpoint (format {payload.get('format')!r}, expected {FORMAT!r}"
+                           + (f"; missing {', '.join(missing)}" if missing else "") + ")")
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload]
+    if missing:
+        raise SemcorrError(f"{path}: ALM checkpoint is missing {', '.join(missing)}; train again")
+    keypoints, state = payload["keypoints"], payload["state_dict"]
+    problems = []
+    if (not isinstance(keypoints, dict) or not keypoints
+            or not all(isinstance(k, str) and isinstance(v, list) and v and all(isinstance(n, str) for n in v)
+                       for k, v in keypoints.items())):
+        problems.append("keypoints must map category names to lists of keypoint names")
+    if payload["backbone"] not in BACKBONES:
+        problems.append(f"backbone {payload['backbone']!r} is not one of {', '.join(BACKBONES)}")
+    if not _is_int(payload["crop_size"]) or not 32 <= payload["crop_size"] <= 4096:
+        problems.append(f"crop_size {payload['crop_size']!r} is not a whole number in [32, 4096]")
+    if not _is_int(payload["round"]) or payload["round"] < 0:
+        problems.append(f"round {payload['round']!r} is not a whole number >= 0")
+    if not isinstance(payload["data_hash"], str):
+        problems.append("data_hash is not a string")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        problems.append("state_dict must map names to tensors")
+    if problems:
+        raise SemcorrError(f"{path}: damaged ALM checkpoint: {problems[0]}; train again")
+    model = KeypointNet({k: len(v) for k, v in keypoints.items()}, payload["backbone"], pretrained=False)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise SemcorrError(f"{path}: the weights do not fit the {payload['backbone']} ALM network "
+                           f"({' '.join(first.split())[:160]}); train again") from None
     model.eval()
-    return ALM(model=model, keypoints=payload["keypoints"], backbone=payload["backbone"],
+    return ALM(model=model, keypoints=keypoints, backbone=payload["backbone"],
                crop_size=payload["crop_size"], round=payload["round"], data_hash=payload["data_hash"])

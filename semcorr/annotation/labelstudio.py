@@ -69,7 +69,7 @@ class LabelStudio:
     """Connection to one Label Studio server."""
 
     url: str
-    token: str
+    token: str = field(repr=False)
     retries: int = 4
     backoff: float = 0.5
     timeout: float = 30.0
@@ -83,6 +83,12 @@ class LabelStudio:
         if not url or not token:
             raise SemcorrError("Label Studio connection: give --url and --token, or set LABEL_STUDIO_URL and "
                                "LABEL_STUDIO_API_KEY (see `semcorr review server`)")
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise SemcorrError(f"--url {url!r}: not an http(s) URL; write it like http://127.0.0.1:8080")
+        token = token.strip()
+        if any(c.isspace() for c in token):
+            raise SemcorrError("--token: the token contains white space; copy it again without spaces or line breaks")
         return cls(url=url.rstrip("/"), token=token)
 
     def _authorization(self) -> str:
@@ -115,6 +121,8 @@ class LabelStudio:
                     detail = reply_detail(exc.read())
                 except (OSError, http.client.HTTPException):
                     detail = "(the reply was cut off)"
+                if self.token:
+                    detail = detail.replace(self.token, "[token]")
                 raise HTTPStatusError(f"{where} answered {exc.code}: {detail}", exc.code, detail) from None
             except (http.client.HTTPException, urllib.error.URLError, TimeoutError, OSError) as exc:
                 # HTTPException: IncompleteRead, RemoteDisconnected, BadStatusLine (the server died mid-answer)

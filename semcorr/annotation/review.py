@@ -9,12 +9,9 @@ region carries the ALM's confidence as `score`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +19,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from semcorr import atomic
 from semcorr.annotation.labelstudio import HTTPStatusError, LabelStudio
+from semcorr.annotation.plan import write_new
 from semcorr.errors import SemcorrError
 from semcorr.paths import safe_component, safe_relative
 from semcorr.store import Category, Dataset, ImageInfo, Instance
@@ -311,6 +308,16 @@ def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alph
     return report
 
 
+def labelled_before_round(instance: Instance, round_index: int) -> bool:
+    """Whether the instance has a labelled keypoint that round N's own review did not place."""
+    provenance = instance.extra_attributes.get("keypoint_provenance") or {}
+    for index in np.flatnonzero(instance.labelled):
+        entry = provenance.get(str(index))
+        if not (isinstance(entry, dict) and entry.get("round") == round_index):
+            return True
+    return False
+
+
 def pck_line(report: dict, alpha: float = 0.1) -> str | None:
     """The report's ALM PCK as one honest line (None when the round had no predictions)."""
     value = report.get("alm_pck_before_review")
@@ -347,26 +354,7 @@ def save_raw_export(root: Path, round_index: int, category: str, export: list) -
     existing = _raw_export_files(folder, stem)
     if existing and existing[-1].read_bytes() == data:
         return existing[-1]
-    fd, staging = tempfile.mkstemp(prefix=f".{stem}.semcorr-{os.getpid()}-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(staging, 0o666 & ~mask)
-        number = 0
-        while True:
-            path = folder / (f"{stem}.json" if number == 0 else f"{stem}.{number}.json")
-            try:
-                os.link(staging, path)  # fails when the name exists: nothing is ever overwritten
-                return path
-            except FileExistsError:
-                number += 1
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staging)
+    return write_new(folder / f"{stem}.json", data)
 
 
 def _raw_export_files(folder: Path, stem: str) -> list[Path]:

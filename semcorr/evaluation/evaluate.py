@@ -11,6 +11,7 @@ Pairs of the evaluated split without a prediction score 0 and are counted in the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from semcorr.evaluation import metrics
 from semcorr.store import Dataset, Instance, read_json
 
 DEFAULT_ALPHAS = (0.05, 0.1, 0.15, 1.0)
+TABLE_NAMES = ("pck_by_category", "pck_by_difficulty", "pck_others_easy", "mpck_by_category")
 SPAIR_FACTORS = (("viewpoint_variation", "viewpoint", VIEWPOINT_LEVELS), ("scale_variation", "scale", SCALE_LEVELS),
                  ("truncation", "truncation", FLAG_LEVELS), ("occlusion", "occlusion", FLAG_LEVELS))
 
@@ -68,19 +70,160 @@ def identity_predictions(dataset: Dataset, pairs: pd.DataFrame) -> dict:
     return {"pairs": out}
 
 
+def read_json_file(path: Path, what: str = "JSON") -> object:
+    """Parse a JSON file, gzip-compressed or not; SemcorrError with one line for every way it can be unreadable."""
+    import gzip
+    import json
+    import zlib
+
+    path = Path(path)
+    if not path.is_file():
+        raise SemcorrError(f"{path}: {what} file not found" if not path.exists() else f"{path}: not a file")
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip magic: decompress transparently
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SemcorrError(f"{path}: gzip-compressed but damaged ({exc}); decompress it first") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SemcorrError(f"{path}: not UTF-8 text (byte {exc.start}); write the {what} as UTF-8 JSON") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SemcorrError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # a number too long to convert, nesting too deep
+        raise SemcorrError(f"{path}: unreadable JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rle_string_counts(text: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString), None when malformed."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(text):
+                return None
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def mask_problem(mask: object, height: int | None = None, width: int | None = None) -> str | None:
+    """Why `mask` is not a COCO polygon list or RLE (of an image `height` x `width`, when given), or None."""
+    if isinstance(mask, list):
+        if not mask:
+            return "an empty polygon list"
+        for polygon in mask:
+            if (not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2
+                    or not all(_is_number(v) for v in polygon)):
+                return "a polygon must be a list of at least 3 finite x, y pairs"
+        return None
+    if not isinstance(mask, dict):
+        return f"expected a COCO RLE object or a polygon list, got {type(mask).__name__}"
+    size = mask.get("size")
+    if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  and v > 0 for v in size)):
+        return f"RLE size {size!r}: expected [height, width]"
+    if height is not None and width is not None and size != [height, width]:
+        return f"RLE size {size} differs from the target image's [{height}, {width}]"
+    counts = mask.get("counts")
+    if isinstance(counts, str):
+        runs = _rle_string_counts(counts)
+        if runs is None:
+            return "RLE counts: not a compressed COCO RLE string"
+    elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+        runs = counts
+    else:
+        return "RLE counts: expected a compressed string or a list of run lengths"
+    if any(v < 0 for v in runs) or sum(runs) != size[0] * size[1]:
+        return f"RLE counts: run lengths must be non-negative and sum to {size[0]} x {size[1]} pixels"
+    return None
+
+
 def load_predictions(path: Path) -> dict:
-    """Read a predictions JSON (structure checked against the pairs in `evaluate`)."""
-    raw = read_json(path)
+    """Read and validate a predictions JSON; one-line SemcorrError naming the file and the pair.
+
+    Every entry must be an object; `trg_kps` a list of finite [x, y]; `points` a list of
+    [x, y, kp_id] (finite numbers, kp_id a whole number >= 0); `masks` a list of COCO RLEs or
+    polygon lists. Whether the pair ids exist and the counts match is checked in `evaluate_*`.
+    """
+    raw = read_json_file(path, "predictions")
     if not isinstance(raw, dict) or not isinstance(raw.get("pairs"), dict):
         raise SemcorrError(f"{path}: top level: expected {{\"pairs\": {{pair_id: prediction}}}}")
+    for key, entry in raw["pairs"].items():
+        record = f"{path}: pair {key}"
+        if not isinstance(entry, dict):
+            raise SemcorrError(f"{record}: expected an object like {{\"trg_kps\": [[x, y], ...]}}, "
+                               f"got {type(entry).__name__}")
+        if "trg_kps" in entry:
+            kps = entry["trg_kps"]
+            if not isinstance(kps, list):
+                raise SemcorrError(f"{record}: trg_kps: expected a list of [x, y]")
+            for index, point in enumerate(kps):
+                if not isinstance(point, list) or len(point) != 2 or not all(_is_number(v) for v in point):
+                    raise SemcorrError(f"{record}: trg_kps[{index}] {str(point)[:60]}: expected [x, y], two "
+                                       "finite numbers")
+        if "points" in entry:
+            points = entry["points"]
+            if not isinstance(points, list):
+                raise SemcorrError(f"{record}: points: expected a list of [x, y, kp_id]")
+            for index, point in enumerate(points):
+                if (not isinstance(point, list) or len(point) != 3 or not all(_is_number(v) for v in point)
+                        or not float(point[2]).is_integer() or point[2] < 0):
+                    raise SemcorrError(f"{record}: points[{index}] {str(point)[:60]}: expected [x, y, kp_id], "
+                                       "finite numbers with kp_id a whole number >= 0")
+        if "masks" in entry:
+            masks = entry["masks"]
+            if not isinstance(masks, list):
+                raise SemcorrError(f"{record}: masks: expected a list of COCO RLEs or polygon lists")
+            for index, mask in enumerate(masks):
+                problem = mask_problem(mask)
+                if problem:
+                    raise SemcorrError(f"{record}: masks[{index}]: {problem}")
     return raw
 
 
-def _check_known(predictions: dict, pairs: pd.DataFrame, source: str) -> None:
+def check_alphas(alphas) -> tuple[float, ...]:
+    """PCK thresholds: finite and positive, duplicates dropped (order kept); SemcorrError otherwise."""
+    out: list[float] = []
+    for alpha in alphas:
+        if not _is_number(alpha) or alpha <= 0:
+            raise SemcorrError(f"--alpha {alpha!r}: must be a finite number above 0 (e.g. 0.1)")
+        if float(alpha) not in out:
+            out.append(float(alpha))
+    if not out:
+        raise SemcorrError("--alpha: give at least one threshold (e.g. --alpha 0.1)")
+    return tuple(out)
+
+
+def check_known(predictions: dict, pairs: pd.DataFrame, source: str) -> None:
+    """SemcorrError naming the first prediction whose pair id is not in `pairs`."""
     known = set(pairs["pair_id"].astype(str))
     for key in predictions["pairs"]:
         if key not in known:
-            raise SemcorrError(f"{source}: pair {key}: no such pair in pairs.parquet (or not in the evaluated split)")
+            raise SemcorrError(f"{source}: pair {key}: no such pair id in pairs.parquet (or not in the evaluated "
+                               "split); key predictions by the pair_id column")
+
+
+_check_known = check_known
 
 
 def _threshold_side(image, bbox: np.ndarray, by: str) -> float:
@@ -102,8 +245,9 @@ def evaluate_spair(dataset: Dataset, pairs: pd.DataFrame, predictions: dict, alp
             missing += 1
             pred = np.full_like(gt, np.inf)
         else:
-            pred = np.asarray(entry.get("trg_kps", []), dtype=np.float64).reshape(-1, 2) if entry.get(
-                "trg_kps") else np.zeros((0, 2))
+            if not isinstance(entry, dict):
+                raise SemcorrError(f"{source}: pair {int(row.pair_id)}: expected an object with trg_kps")
+            pred = np.asarray(entry.get("trg_kps") or [], dtype=np.float64).reshape(-1, 2)
             if len(pred) != len(ids):
                 raise SemcorrError(f"{source}: pair {int(row.pair_id)}: {len(pred)} predicted points for "
                                    f"{len(ids)} keypoints (kps_ids {ids}); give one [x, y] per kps_id, in order")
@@ -156,13 +300,17 @@ def evaluate_misc(dataset: Dataset, pairs: pd.DataFrame, predictions: dict, alph
         if entry is None:
             missing += 1
             entry = {"points": []}
-        raw_points = entry.get("points", [])
-        if any(not isinstance(p, list) or len(p) != 3 for p in raw_points):
+        raw_points = entry.get("points", []) if isinstance(entry, dict) else None
+        if not isinstance(raw_points, list) or any(not isinstance(p, list) or len(p) != 3 for p in raw_points):
             raise SemcorrError(f"{source}: pair {int(row.pair_id)}: every point must be [x, y, kp_id]")
         points = np.asarray(raw_points, dtype=np.float64).reshape(-1, 3)
         pred_parts.append(np.column_stack([np.full(len(points), pair_index), points[:, 2], points[:, :2]]))
         sides.append(max(image.width, image.height))
         if "masks" in entry:
+            for index, mask in enumerate(entry["masks"]):
+                problem = mask_problem(mask, image.height, image.width)
+                if problem:
+                    raise SemcorrError(f"{source}: pair {int(row.pair_id)}: masks[{index}]: {problem}")
             pred_masks = [decode_mask(m, image.height, image.width) for m in entry["masks"]]
             gt_masks = [decode_mask(t.segmentation, image.height, image.width) for t in targets if t.segmentation]
             ious.append(metrics.mask_iou_matched(pred_masks, gt_masks) * 100)

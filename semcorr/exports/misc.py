@@ -26,7 +26,8 @@ import pyarrow as pa
 from semcorr import atomic
 from semcorr.builders.misc_pairs import instance_rle
 from semcorr.errors import SemcorrError
-from semcorr.store import SPLIT_NAMES, Dataset, Instance
+from semcorr.paths import safe_relative
+from semcorr.store import SPLIT_NAMES, Dataset, Instance, open_image
 
 
 def _keypoints_json(instance: Instance) -> list:
@@ -76,7 +77,8 @@ def export_misc(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path) -> dict[st
         (root / "splits").mkdir()
         used_images = set(pairs["src_image_id"]) | set(pairs["trg_image_id"])
         for image_id in sorted(used_images):
-            name = dataset.images[int(image_id)].file_name
+            name = str(safe_relative(dataset.images[int(image_id)].file_name, f"image id={int(image_id)}"))
+            open_image(dataset, int(image_id))  # refuse empty, truncated or mis-sized files before exporting
             target = root / "images" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             try:

@@ -30,7 +30,7 @@ from PIL import Image
 from semcorr import atomic
 from semcorr.builders.coco_filter import decode_mask
 from semcorr.errors import SemcorrError
-from semcorr.store import SPLIT_NAMES, Dataset, Instance
+from semcorr.store import SPLIT_NAMES, Dataset, Instance, open_image
 
 MIN_KPS_KEYS = 30
 POSES = {0: "Frontal", 2: "Left", 4: "Rear", 6: "Right"}
@@ -102,11 +102,13 @@ def pixel_bndbox(bbox: np.ndarray, width: int, height: int) -> list[int]:
     return [x1, y1, x2, y2]
 
 
-def _copy_jpeg(source: Path, target: Path) -> None:
+def _copy_jpeg(dataset: Dataset, image_id: int, target: Path) -> None:
+    source = dataset.image_root / dataset.images[image_id].file_name
+    pixels = open_image(dataset, image_id)  # decodes it whole: empty, truncated or mis-sized files stop here
     with open(source, "rb") as handle:
         is_jpeg = handle.read(2) == b"\xff\xd8"
     if not is_jpeg:
-        Image.open(source).convert("RGB").save(target, format="JPEG", quality=95)
+        pixels.save(target, format="JPEG", quality=95)
         return
     try:
         os.link(source, target)
@@ -165,7 +167,7 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
             stem = names[image.id]
             for sub in ("JPEGImages", "ImageAnnotation", "Segmentation"):
                 (root / sub / category).mkdir(parents=True, exist_ok=True)
-            _copy_jpeg(dataset.image_root / image.file_name, root / "JPEGImages" / category / f"{stem}.jpg")
+            _copy_jpeg(dataset, image.id, root / "JPEGImages" / category / f"{stem}.jpg")
             kps = pixel_keypoints(instance, image.width, image.height)
             box = pixel_bndbox(instance.bbox, image.width, image.height)
             unit_kps[int(instance.id)], unit_box[int(instance.id)] = kps, box

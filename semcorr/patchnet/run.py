@@ -33,7 +33,7 @@ def patch_pairs(source: Path, split: str, count: int, seed: int) -> PatchPairs:
         return PatchPairs(data.patches[pairs[:, 0]], data.patches[pairs[:, 1]], labels,
                           np.where(labels == 1, "match", "non_match"))
     dataset = store.load_dataset(source)
-    table = store.load_pairs(source)
+    table = store.load_pairs(source, dataset)
     rows = table if split == "all" else table[table.split.astype(str) == split]
     if rows.empty:
         raise SemcorrError(f"{Path(source) / store.PAIRS_FILE}: no pairs in split {split!r}; run build-pairs")
@@ -118,7 +118,7 @@ def run_qc(root: Path, checkpoint: Path, out_dir: Path, top: int = 20, split: st
     """Score every annotated correspondence of the pairs table, rank suspect keypoints and images,
     check cycle consistency on multi-instance (MISC) pairs; write CSVs and a contact sheet."""
     dataset = store.load_dataset(root)
-    pairs = store.load_pairs(root)
+    pairs = store.load_pairs(root, dataset)
     if split != "all":
         pairs = pairs[pairs.split.astype(str) == split]
     if pairs.empty:

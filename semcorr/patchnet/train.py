@@ -111,18 +111,46 @@ def save_checkpoint(model: PatchNet, path: Path, meta: dict | None = None) -> Pa
 
 
 def load_checkpoint(path: Path, architecture: str | None = None) -> PatchNet:
-    """The network in a checkpoint; SemcorrError when it is unreadable or of another architecture."""
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        stored = state["architecture"]
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one message
-        raise SemcorrError(f"{path}: not a readable patchnet checkpoint ({type(exc).__name__})") from None
+    """The network in a checkpoint; one-line SemcorrError naming the file and what is wrong when it is
+    missing, unreadable, an ALM checkpoint, missing keys, or of another architecture."""
+    from semcorr.alm.train import read_torch_file
+    from semcorr.patchnet.models import ARCHITECTURES
+
+    path = Path(path)
+    state = read_torch_file(path, "patchnet")
+    if not isinstance(state, dict):
+        raise SemcorrError(f"{path}: not a patchnet checkpoint (holds a {type(state).__name__}, not a dict); "
+                           "give a file written by `semcorr patchnet train`")
+    if "architecture" not in state and str(state.get("format", "")).startswith("semcorr-alm"):
+        raise SemcorrError(f"{path}: an ALM checkpoint, not a patchnet one; give a file written by "
+                           "`semcorr patchnet train`")
+    missing = [key for key in ("architecture", "channels", "state_dict") if key not in state]
+    if missing:
+        raise SemcorrError(f"{path}: not a patchnet checkpoint: missing {', '.join(missing)}; give a file "
+                           "written by `semcorr patchnet train`")
+    stored, channels, weights = state["architecture"], state["channels"], state["state_dict"]
+    if stored not in ARCHITECTURES:
+        raise SemcorrError(f"{path}: damaged patchnet checkpoint: architecture {stored!r} is not one of "
+                           f"{', '.join(ARCHITECTURES)}")
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise SemcorrError(f"{path}: damaged patchnet checkpoint: channels {channels!r} is not 1 or 3")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise SemcorrError(f"{path}: damaged patchnet checkpoint: state_dict must map names to tensors")
+    meta = state.get("meta", {})
+    if not isinstance(meta, dict):
+        raise SemcorrError(f"{path}: damaged patchnet checkpoint: meta is a {type(meta).__name__}, not a dict")
     if architecture is not None and stored != architecture:
         raise SemcorrError(f"{path}: a {stored} checkpoint, not {architecture}; train {architecture} or pick "
                            f"--arch {stored}")
-    model = PatchNet(stored, state["channels"])
-    model.load_state_dict(state["state_dict"])
-    model.meta = state.get("meta", {})
+    model = PatchNet(stored, channels)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise SemcorrError(f"{path}: the weights do not fit the {stored} network ({' '.join(first.split())[:160]})"
+                           "; train again") from None
+    model.meta = meta
     return model.to(device()).eval()
 
 
