@@ -395,13 +395,20 @@ def annotate_plan(
     manual: Annotated[float, typer.Option(help="share of images labelled by hand")] = 0.4,
     first: Annotated[float, typer.Option(help="share of the rest pre-labelled in the first ALM round")] = 0.3,
     seed: Seed = 0,
+    clear_labels: Annotated[bool, typer.Option(
+        "--clear-labels", help="start unlabelled: keep annotations.json as annotation/imported_labels.json, then set "
+                               "every keypoint to unlabelled")] = False,
 ) -> None:
     """Split images into manual / first ALM / second ALM sets (test split always manual)."""
-    plan = commands.run_annotate_plan(dataset, manual, first, seed)
+    cleared: dict = {}
+    plan = commands.run_annotate_plan(dataset, manual, first, seed, clear_labels, cleared)
     import pandas as pd
 
     counts = plan["set"].value_counts().reindex(["manual", "alm1", "alm2"], fill_value=0)
     print_table("annotate plan: images per set", pd.DataFrame([counts.to_dict()], index=["images"]))
+    if clear_labels:
+        console.print(f"cleared {cleared['keypoints']} labelled keypoints; the old annotations are kept in "
+                      f"{cleared['copy']}" if cleared.get("keypoints") else "no keypoint was labelled: nothing cleared")
     console.print(f"{int(plan.frozen_test.sum())} test-split images frozen into the manual set; "
                   f"wrote {dataset / 'annotation' / 'plan.json'}")
 
@@ -447,8 +454,17 @@ def alm_predict(
     """Pre-label instances with a trained ALM."""
     from semcorr import atomic, store
     from semcorr.alm.train import load_checkpoint, predict
-    from semcorr.annotation.plan import images_in, load_plan
+    from semcorr.annotation.plan import PLAN_FILE, SETS, images_in, load_plan
+    from semcorr.paths import refuse_overlap
 
+    if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+        raise SemcorrError(f"--threshold {threshold!r}: must be a finite number in [0, 1]")
+    if image_set is not None and image_set not in SETS:
+        raise SemcorrError(f"--set {image_set!r}: use one of {', '.join(SETS)}")
+    if out.is_dir():
+        raise SemcorrError(f"--out {out}: is a folder; give the path of the JSON file to write")
+    refuse_overlap(out, [dataset / store.ANNOTATIONS_FILE, dataset / store.SPLITS_FILE, dataset / store.PAIRS_FILE,
+                         dataset / store.IMAGES_DIR, dataset / PLAN_FILE, checkpoint], "--out")
     data = store.load_dataset(dataset)
     wanted = set(images_in(load_plan(dataset), image_set)) if image_set else set(data.images)
     members = [i for i in data.instances if i.image_id in wanted]
@@ -465,6 +481,10 @@ def alm_eval(
     split: str = "test",
 ) -> None:
     """PCK@0.1 (of the box) on held-out annotated instances, beside the mean-shape baseline."""
+    from semcorr.store import SPLIT_NAMES
+
+    if split not in SPLIT_NAMES:
+        raise SemcorrError(f"--split {split!r}: use one of {', '.join(SPLIT_NAMES)}")
     result = commands.run_alm_eval(dataset, checkpoint, split)
     console.print(f"alm eval on {result['instances']} {split} instances: PCK@0.1 {result['alm_pck']:.1f} "
                   f"(mean-shape baseline {result['mean_shape_pck']:.1f})")
@@ -501,9 +521,11 @@ def review_pull(
                   f"{report['drag_p90_px']:.1f} px), discarded {report['discarded']}, added {report['added']}, "
                   f"manual {report['manual']}; acceptance rate {report['acceptance_rate']:.2f}; "
                   f"{changed} keypoints written")
-    if report.get("alm_pck_before_review") == report.get("alm_pck_before_review"):  # not NaN: a review round
-        console.print(f"ALM PCK@0.1 against the reviewed labels: before review {report['alm_pck_before_review']:.1f}, "
-                      f"after review {report['alm_pck_after_review']:.1f}")
+    from semcorr.annotation.review import pck_line
+
+    line = pck_line(report)
+    if line:  # a review round (the ALM's pre-labels were reviewed)
+        console.print(line)
     for review in reviews:
         for problem in review.problems:
             console.print(f"problem: {problem}")
@@ -512,19 +534,42 @@ def review_pull(
 @review_app.command("server")
 @handles_errors
 def review_server(
+    dataset: Annotated[list[Path], typer.Option(help="dataset whose images it serves (repeat for more)")] = [],  # noqa: B006
     data_dir: Annotated[Path, typer.Option(help="Label Studio data folder")] = Path("label-studio-data"),
     port: int = 8080,
 ) -> None:
-    """Start a local Label Studio on 127.0.0.1 (stop with Ctrl-C)."""
+    """Start a local Label Studio on 127.0.0.1 (stop with Ctrl-C or SIGTERM; it stops with this command)."""
+    import atexit
+    import signal
+
+    from semcorr import store
     from semcorr.annotation.server import start
 
-    server = start(data_dir, port=port)
-    console.print(f"Label Studio at {server.url}; log in as {server.username} with password {server.password}")
-    console.print("API token: in the server's Account & Settings page; pass it with --token or LABEL_STUDIO_API_KEY")
+    if not dataset:
+        raise SemcorrError("review server: give --dataset DATASET (repeatable): the server serves only those "
+                           "datasets' images")
+    roots = [store.load_dataset(d, check_files=False).image_root for d in dataset]
+    server = start(data_dir, port=port, image_roots=roots)
+    atexit.register(server.stop)
+
+    def stop_on_signal(signum, frame):  # SIGTERM / SIGHUP: stop Label Studio's process group, then exit
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop_on_signal)
+    console.print(f"Label Studio at {server.url}, serving files under {server.document_root}")
+    console.print(f"log in as {server.username}; the password and the API token are in {server.credentials_file} "
+                  "(readable only by you; they stay the same when you restart on this --data-dir)")
+    console.print(f"export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=$(python3 -c \"import json; "
+                  f"print(json.load(open('{server.credentials_file}'))['token'])\")")
     try:
         server.process.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         server.stop()
+    if server.process.returncode not in (0, -signal.SIGTERM, None):
+        raise SemcorrError(f"Label Studio exited with {server.process.returncode}; see {data_dir / 'server.log'}")
 
 
 @app.command()

@@ -69,17 +69,43 @@ class RawRle(_Record):
     @field_validator("counts")
     @classmethod
     def _counts(cls, value: str | list[int], info) -> str | list[int]:
-        if isinstance(value, str):
-            if any(not 48 <= ord(ch) < 48 + 64 for ch in value):
-                raise ValueError("compressed RLE counts hold characters outside COCO's alphabet")
-        elif "size" in info.data:
+        runs = rle_runs(value) if isinstance(value, str) else value
+        if runs is None or any(run < 0 for run in runs):
+            raise ValueError("compressed RLE counts are not a valid COCO run-length string (corrupt RLE)")
+        if "size" in info.data:
             height, width = info.data["size"]
-            if sum(value) != height * width:
-                raise ValueError(f"run lengths add up to {sum(value)}, not height x width = {height * width}")
+            if sum(runs) != height * width:
+                raise ValueError(f"RLE run lengths add up to {sum(runs)}, not height x width = {height * width} "
+                                 "(corrupt RLE)")
         return value
 
 
-Polygon = Annotated[list[Number], Field(min_length=6)]
+def rle_runs(counts: str) -> list[int] | None:
+    """Decode COCO's compressed RLE string into run lengths (pycocotools' rleFrString), None if malformed.
+
+    pycocotools decodes without bounds checks, so a string whose runs do not add up to the
+    mask size must be caught here, before it reaches the C code.
+    """
+    runs: list[int] = []
+    pos, length = 0, len(counts)
+    while pos < length:
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= length:
+                return None
+            code = ord(counts[pos]) - 48
+            if not 0 <= code < 64:
+                return None
+            value |= (code & 0x1F) << (5 * shift)
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 1
+            if not more and code & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
 
 
 class RawAnnotation(_Record):
@@ -91,7 +117,7 @@ class RawAnnotation(_Record):
     bbox: Annotated[list[Number], Field(min_length=4, max_length=4)]
     keypoints: list[Number] = []
     num_keypoints: Annotated[StrictInt, Field(ge=0)] | None = None
-    segmentation: list[Polygon] | RawRle | None = None
+    segmentation: Any = None
     area: Annotated[Number, Field(ge=0)] | None = None
     iscrowd: Literal[0, 1] | StrictBool = 0
     attributes: dict[str, Any] = {}
@@ -105,10 +131,21 @@ class RawAnnotation(_Record):
 
     @field_validator("segmentation")
     @classmethod
-    def _even_polygons(cls, value):
-        if isinstance(value, list) and any(len(poly) % 2 for poly in value):
-            raise ValueError("a polygon has an odd number of coordinates; write x1, y1, x2, y2, ...")
-        return value
+    def _mask(cls, value: Any) -> list[list[float]] | RawRle | None:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            try:
+                return RawRle.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(f"RLE mask: {describe(exc, show_input=False)}") from None
+        if isinstance(value, list):
+            for poly in value:
+                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not finite(poly):
+                    raise ValueError("a polygon must be a list of at least 3 points as finite numbers "
+                                     "x1, y1, x2, y2, ...")
+            return value
+        raise ValueError("must be a list of polygons or an RLE object")
 
 
 class RawAttributes(_Record):
@@ -133,16 +170,19 @@ class RawCoco(BaseModel):
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def describe(error: ValidationError) -> str:
+_TYPE_TAGS = {"bool", "int", "float", "str", "list", "dict", "tuple", "none", "RawRle"}
+
+
+def describe(error: ValidationError, show_input: bool = True) -> str:
     """The first problem of a pydantic error as `field 'a.b': what is wrong (got X)`."""
     first = error.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("function-", "literal[")))
-    where = where.replace(".list[", "[").split(".tagged-union")[0]
+    where = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or not (
+        "[" in str(part) or "-" in str(part) or str(part) in _TYPE_TAGS))
     got = repr(first.get("input"))
     got = got if len(got) <= 60 else got[:57] + "..."
     message = first["msg"].removeprefix("Value error, ")
     field = f"field {where!r}: " if where else ""
-    shown = "" if first["type"] == "missing" else f" (got {got})"
+    shown = "" if first["type"] == "missing" or not show_input else f" (got {got})"
     return f"{field}{message}{shown}"
 
 

@@ -57,7 +57,15 @@ def run_synth(out_dir: Path, prototypes: list[Prototype], options: SynthOptions,
 
 
 def run_split(root: Path, ratios: tuple[float, float, float], seed: int) -> pd.DataFrame:
-    """Write `splits.json`; returns image counts per category and split."""
+    """Write `splits.json`; returns image counts per category and split.
+
+    An image with instances of several categories is split once (under its main category,
+    see `split_units`) but counted under every category it holds.
+    """
+    from semcorr.builders.splits import split_counts
+
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SemcorrError(f"--seed {seed!r}: use a whole number >= 0")
     dataset = store.load_dataset(root)
     instances = dataset.instance_table()
     if instances.empty:
@@ -65,9 +73,7 @@ def run_split(root: Path, ratios: tuple[float, float, float], seed: int) -> pd.D
     units = split_units(instances)
     splits = assign_splits(units, ratios=ratios, seed=seed)
     store.save_splits(splits, root)
-    units["split"] = units["image_id"].map(splits)
-    return units.groupby(["category", "split"]).size().unstack(fill_value=0).reindex(
-        columns=list(store.SPLIT_NAMES), fill_value=0)
+    return split_counts(instances, splits)
 
 
 @dataclass
@@ -159,79 +165,164 @@ class FilterResult:
 
 
 def _read_coco(path: Path) -> dict:
-    coco = store.read_json(path)
+    """A COCO JSON file's top-level object; SemcorrError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        coco = store.read_json(path)
+    except UnicodeDecodeError:
+        raise SemcorrError(f"{path}: not UTF-8 text (gzipped?); give the uncompressed COCO JSON file") from None
+    except RecursionError:
+        raise SemcorrError(f"{path}: JSON nested too deeply; give a COCO JSON file") from None
     if not isinstance(coco, dict):
         raise SemcorrError(f"{path}: top level: expected a COCO object with images, annotations, categories")
     for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
+        if key not in coco:
             coco[key] = []
+        elif not isinstance(coco[key], list):
+            raise SemcorrError(f"{path}: top level: {key!r} is a {type(coco[key]).__name__}, not a list; "
+                               "write a COCO file")
     return coco
+
+
+def _keypoint_categories(extra: dict, path: Path, names: dict[int, str]) -> dict[int, dict]:
+    """Category id -> {"keypoints", "skeleton" (0-based)} of a COCO keypoints file, checked."""
+    out = {}
+    for index, raw in enumerate(extra["categories"]):
+        if not isinstance(raw, dict) or raw.get("id") not in names or raw.get("name", names[raw["id"]]) != names[
+                raw["id"]]:
+            continue
+        record = f"categories[{index}] ({names[raw['id']]!r})"
+        keypoints = raw.get("keypoints", [])
+        if not (isinstance(keypoints, list) and all(isinstance(k, str) for k in keypoints)):
+            raise SemcorrError(f"{path}: {record}: 'keypoints' is not a list of names; fix the keypoints file")
+        skeleton = raw.get("skeleton", []) or []
+        if not (isinstance(skeleton, list) and all(
+                isinstance(e, list) and len(e) == 2 and all(isinstance(i, int) and not isinstance(i, bool)
+                                                            and 1 <= i <= len(keypoints) for i in e)
+                for e in skeleton)):
+            raise SemcorrError(f"{path}: {record}: 'skeleton' is not a list of 1-based keypoint index pairs; "
+                               "fix the keypoints file")
+        out[raw["id"]] = {"keypoints": tuple(keypoints), "skeleton": tuple((a - 1, b - 1) for a, b in skeleton)}
+    return out
 
 
 def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, categories: list[str] | None = None,
                     keypoints_json: Path | None = None, options=None, schemas: list[Path] = ()) -> FilterResult:
     """Curate a COCO instances file into a store (see `builders.coco_filter` for the rules).
 
-    Keypoints come from `keypoints_json` (COCO person keypoints) where it has them; a
-    category named by one of `schemas` (keypoint schema JSON) gets that schema's keypoint
-    names, skeleton and flip pairs, with every keypoint unlabelled until annotation.
+    Keypoints come from `keypoints_json` (COCO person keypoints) where it has them, each
+    imported point with provenance "imported" in the instance's `keypoint_provenance` (the
+    shape `annotation.review.merge` writes); a malformed keypoints record leaves its instance
+    unlabelled and is counted in the report's `bad_keypoints`. Without `keypoints_json` every
+    instance starts unlabelled. A category named by one of `schemas` (keypoint schema JSON)
+    gets that schema's keypoint names, skeleton and flip pairs, unlabelled until annotation.
+
+    Raises:
+        SemcorrError: unknown categories, a missing images folder, an output that overlaps
+            an input, or a selection that keeps no image (nothing is written then).
     """
+    from collections import Counter
+
     from semcorr.builders import coco_filter as cf
+    from semcorr.paths import refuse_file_target
 
     options = options or cf.FilterOptions()
+    instances_json, image_dir, out_dir = Path(instances_json), Path(image_dir), Path(out_dir)
+    refuse_file_target(out_dir)
+    # replacing the output must never delete an input; an output inside the images folder is harmless
+    refuse_overlap(out_dir, [instances_json, image_dir, keypoints_json, *schemas], inside_ok=True)
+    if not image_dir.is_dir():
+        raise SemcorrError(f"{image_dir}: images folder does not exist; give the folder that holds the COCO images")
     designed = {schema.category: schema for schema in (load_schema(path) for path in schemas)}
     coco = _read_coco(instances_json)
+    names = cf.checked_categories(coco)
+    known = sorted(set(names.values()))
+    if categories:
+        unknown = [c for c in dict.fromkeys(categories) if c not in known]
+        if unknown:
+            raise SemcorrError(f"{instances_json}: no category {', '.join(map(repr, unknown))} in the file; "
+                               f"it has: {', '.join(known) or '(none)'}")
     wanted = set(categories or cf.MISC_CATEGORIES)
-    known = {c.get("name") for c in coco["categories"] if isinstance(c, dict)}
-    if categories and not wanted & known:
-        raise SemcorrError(f"{instances_json}: none of the categories {sorted(wanted)} is in the file")
-    image_dir = Path(image_dir)
+    doubled = sorted({n for n in names.values() if n in wanted and list(names.values()).count(n) > 1})
+    if doubled:
+        raise SemcorrError(f"{instances_json}: categories: the name(s) {', '.join(map(repr, doubled))} belong to "
+                           "several category ids; give each category its own name")
     screened = cf.screen_instances(coco, wanted, options, image_dir)
     kept, rejected_units = cf.select_images(screened, options)
     report = cf.selection_report(screened, kept, rejected_units)
+    if kept.empty:
+        present = sorted(wanted & set(known))
+        reasons = report.drop(columns=["candidate_images", "kept_images", "kept_instances"], errors="ignore").sum()
+        why = ", ".join(f"{k} {int(v)}" for k, v in reasons.items() if v) or "no annotations"
+        raise SemcorrError(f"{instances_json}: no image of {', '.join(present) or 'the wanted categories'} passed "
+                           f"the filter ({why}); nothing written to {out_dir}; relax the thresholds or choose "
+                           "other categories")
 
     keypoint_anns, keypoint_cats = {}, {}
     if keypoints_json is not None:
         extra = _read_coco(keypoints_json)
-        keypoint_anns = {a["id"]: a for a in extra["annotations"] if isinstance(a, dict) and "id" in a}
-        keypoint_cats = {c["id"]: c for c in extra["categories"] if isinstance(c, dict) and "id" in c}
-    raw_anns = {a["id"]: a for a in coco["annotations"] if isinstance(a, dict) and "id" in a}
-    raw_images = {im["id"]: im for im in coco["images"] if isinstance(im, dict) and "id" in im}
+        records = [a for a in extra["annotations"] if isinstance(a, dict) and cf.is_coco_id(a.get("id"))]
+        times = Counter(a["id"] for a in records)
+        keypoint_anns = {a["id"]: a for a in records if times[a["id"]] == 1}  # a duplicated id is ambiguous
+        keypoint_cats = _keypoint_categories(extra, Path(keypoints_json), names)
+    annotations = coco["annotations"]
+    images_ok, _ = cf.checked_images(coco)
     categories_out = {}
-    for raw in coco["categories"]:
-        if isinstance(raw, dict) and raw.get("name") in set(kept["category"]):
-            schema = keypoint_cats.get(raw["id"], {})
-            if raw["name"] in designed and not schema.get("keypoints"):
-                design = designed[raw["name"]]
-                categories_out[raw["id"]] = store.Category(
-                    id=raw["id"], name=raw["name"], supercategory=raw.get("supercategory", ""),
-                    keypoints=design.names, skeleton=design.skeleton, descriptions=design.descriptions,
-                    flip_pairs=design.flip_pairs, schema_version=design.version)
-                continue
-            categories_out[raw["id"]] = store.Category(
-                id=raw["id"], name=raw["name"], supercategory=raw.get("supercategory", ""),
-                keypoints=tuple(schema.get("keypoints", [])),
-                skeleton=tuple((a - 1, b - 1) for a, b in schema.get("skeleton", [])))
+    kept_names = set(kept["category"])
+    for category_id, name in names.items():
+        if name not in kept_names:
+            continue
+        raw = next(c for c in coco["categories"] if isinstance(c, dict) and c.get("id") == category_id)
+        supercategory = raw.get("supercategory", "")
+        supercategory = supercategory if isinstance(supercategory, str) else ""
+        schema = keypoint_cats.get(category_id, {})
+        if name in designed and not schema.get("keypoints"):
+            design = designed[name]
+            categories_out[category_id] = store.Category(
+                id=category_id, name=name, supercategory=supercategory,
+                keypoints=design.names, skeleton=design.skeleton, descriptions=design.descriptions,
+                flip_pairs=design.flip_pairs, schema_version=design.version)
+            continue
+        categories_out[category_id] = store.Category(
+            id=category_id, name=name, supercategory=supercategory,
+            keypoints=schema.get("keypoints", ()), skeleton=schema.get("skeleton", ()))
     images, instances = {}, []
+    bad_keypoints: dict[str, int] = {}
     for row in kept.itertuples():
-        raw = raw_anns[row.ann_id]
-        image = raw_images[raw["image_id"]]
+        raw = annotations[row.index]
+        image = images_ok[raw["image_id"]]
         images[image["id"]] = store.ImageInfo(id=image["id"], file_name=image["file_name"], width=image["width"],
                                               height=image["height"])
         category = categories_out[raw["category_id"]]
-        flat = keypoint_anns.get(row.ann_id, {}).get("keypoints") or [0] * (3 * category.num_keypoints)
+        keypoints = np.zeros((category.num_keypoints, 3))
+        attributes: dict = {"source": "coco"}
+        source = keypoint_anns.get(raw["id"])
+        if source is not None and category.num_keypoints:
+            imported = cf.imported_keypoints(source, category.num_keypoints, image["width"], image["height"])
+            if imported is None or source.get("image_id") != raw["image_id"] or source.get(
+                    "category_id") != raw["category_id"]:
+                bad_keypoints[category.name] = bad_keypoints.get(category.name, 0) + 1
+            else:
+                keypoints = imported
+                labelled = np.flatnonzero(imported[:, 2] > 0)
+                if len(labelled):
+                    attributes["keypoint_provenance"] = {
+                        str(int(k)): {"action": "imported", "round": 0, "annotator": "coco",
+                                      "source": Path(keypoints_json).name} for k in labelled}
         instances.append(store.Instance(
             id=raw["id"], image_id=raw["image_id"], category_id=raw["category_id"], bbox=raw["bbox"],
-            keypoints=store.keypoints_from_coco(flat), segmentation=raw["segmentation"], area=row.area,
-            truncated=bool(row.truncated), extra_attributes={"source": "coco"}))
+            keypoints=keypoints, segmentation=raw["segmentation"], area=float(row.area),
+            truncated=bool(row.truncated), extra_attributes=attributes))
+    if keypoints_json is not None:
+        report["bad_keypoints"] = [bad_keypoints.get(str(name), 0) for name in report.index]
     dataset = store.Dataset(images=images, categories=categories_out, instances=instances,
                             image_root=image_dir.resolve(),
-                            info={"description": f"semcorr coco-filter of {Path(instances_json).name}",
+                            info={"description": f"semcorr coco-filter of {instances_json.name}",
                                   "image_root": str(image_dir.resolve())})
-    with atomic.staged_directory(Path(out_dir)) as staging:
+    with atomic.staged_directory(out_dir) as staging:
         store.save_dataset(dataset, staging)
         atomic.write_text(staging / "coco_filter_report.csv", report.to_csv())
-    return FilterResult(dataset=dataset, report=report, path=Path(out_dir))
+    return FilterResult(dataset=dataset, report=report, path=out_dir)
 
 
 def run_export_coco(root: Path, out_path: Path, sigmas: list[str] = ()) -> list[Path]:

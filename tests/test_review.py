@@ -54,8 +54,9 @@ def small_store(root, synth_store):
     shutil.copytree(synth_store, root)
     dataset = store.load_dataset(root)
     ids = sorted(dataset.images)[:4]
-    plan = plan_images(ids, {}, manual=0.5, first=1.0, seed=0)
-    save_plan(root, plan, 0, 0.5, 1.0)
+    splits = store.load_splits(root)
+    plan = plan_images(ids, splits, manual=0.5, first=1.0, seed=0)
+    save_plan(root, plan, 0, 0.5, 1.0, splits)
     return dataset, plan
 
 

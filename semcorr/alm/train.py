@@ -9,6 +9,7 @@ category schemas, backbone, crop size, training-data hash), loaded with
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,8 @@ def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: fl
             batch_size: int = 32) -> dict[int, np.ndarray]:
     """Instance id -> (K, 4) x, y, visibility (2 when the visibility confidence reaches `threshold`,
     else 0), confidence."""
+    if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
+        raise SemcorrError(f"threshold {threshold!r}: must be a finite number in [0, 1]")
     run_on = device()
     model = alm.model.to(run_on).eval()
     crops = CropSet(dataset, instances, alm.crop_size)
@@ -230,15 +233,21 @@ def read_torch_file(path: Path, kind: str) -> object:
         raise SemcorrError(f"{path}: {kind} checkpoint not found")
     if not path.is_file():
         raise SemcorrError(f"{path}: not a file; give the {kind} checkpoint (.pt) file")
+    article = "an" if kind[0] in "AEIOU" else "a"
     if path.stat().st_size == 0:
-        raise SemcorrError(f"{path}: empty file, not a {kind} checkpoint; train again or pick another file")
+        raise SemcorrError(f"{path}: empty file, not {article} {kind} checkpoint; train again or pick another file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
-            KeyError, IndexError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
-        reason = " ".join(str(exc).split())[:100]
-        raise SemcorrError(f"{path}: not a readable {kind} checkpoint (truncated or another kind of file: "
-                           f"{type(exc).__name__}: {reason}); train again or pick another file") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "not a torch weights file, or it holds pickled objects other than tensors and plain values"
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        reason = f"truncated or damaged ({type(exc).__name__})"
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError, OverflowError,
+            MemoryError) as exc:
+        reason = f"damaged ({type(exc).__name__})"
+    raise SemcorrError(f"{path}: not a readable {kind} checkpoint: {reason}; train again or pick another file")
 
 
 def _is_int(value: object) -> bool:

@@ -3,24 +3,34 @@ image, a balanced distribution of per-image instance counts.
 
 Rules, in order (each rejected record is counted under its reason, never a crash):
 
-- records: an annotation missing a field, naming an unknown image or category, with a
-  zero-area box or an empty segmentation, or on an image whose file is missing, is
-  rejected as `bad_record` / `unknown_image` / `unknown_category` / `zero_area_box` /
-  `empty_segmentation` / `missing_image_file`;
-- instances: `crowd` (iscrowd = 1), `too_small` (mask area < `min_area` pixels),
-  `cut_by_border` (share of the box perimeter lying on the image border > `max_border_cut`),
-  `sparse_mask` (mask area / box area < `min_fill`);
+- records: an annotation that is not an object or has a field of the wrong type (`bad_record`:
+  ids that are not integers in 0..2^63-1, a bbox that is not four finite numbers, an
+  `iscrowd` that is not 0 or 1), that shares its id with another annotation
+  (`duplicate_id`), names an unknown image (`unknown_image`), an image whose record is
+  broken (`bad_image_record`: missing or non-integer id, width or height, duplicate id) or
+  whose `file_name` is unsafe (`unsafe_file_name`: absolute, with `..` or NUL; see
+  `semcorr.paths`), an unknown category (`unknown_category`), has a zero-area box
+  (`zero_area_box`), an empty segmentation (`empty_segmentation`), a corrupt one
+  (`bad_segmentation`: polygon coordinates that are not finite numbers near the image, RLE
+  whose size is not the image's or whose runs do not cover it), or is on an image whose file
+  is missing (`missing_image_file`);
+- instances: `crowd` (iscrowd = 1), `too_small` (area < `min_area` pixels, where the area is
+  COCO's `area` field, the documented measure, and the mask's pixel count only where that
+  field is missing or not a positive number), `cut_by_border` (share of the box perimeter
+  lying on the image border > `max_border_cut`, see `border_cut`), `sparse_mask`
+  (area / box area < `min_fill`);
 - images, per category: `too_many_instances` (more than `max_instances` clean ones),
   `confusing_excluded` (a crowd region, or a rejected instance at least `min_area` large, of
   the same category: an unannotated look-alike would turn correct predictions into false
   positives), then at most `max_images` per category, drawn with the seed so that the
   counts of 1, 2, 3 and 4-instance images are as equal as the data allows (`over_cap`).
 
-Kept instances get `truncated` when they touch the image border.
+Kept instances get `truncated` when they touch the image border (a border cut above 0).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +38,40 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
+from semcorr.errors import SemcorrError
+from semcorr.paths import path_problem
+
 MISC_CATEGORIES = (
     "airplane", "baseball bat", "bear", "bed", "bench", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "clock", "cow", "cup", "dog", "fork", "giraffe", "horse", "laptop", "motorcycle", "mouse", "person",
     "sheep", "skateboard", "skis", "stop sign", "tennis racket", "tie", "toothbrush", "train", "tv", "zebra",
 )
-RECORD_REASONS = ("bad_record", "unknown_image", "unknown_category", "zero_area_box", "empty_segmentation",
+RECORD_REASONS = ("bad_record", "duplicate_id", "unknown_image", "bad_image_record", "unsafe_file_name",
+                  "unknown_category", "zero_area_box", "empty_segmentation", "bad_segmentation",
                   "missing_image_file")
 INSTANCE_REASONS = ("crowd", "too_small", "cut_by_border", "sparse_mask")
 IMAGE_REASONS = ("too_many_instances", "confusing_excluded", "over_cap")
+BORDER_BAND = 2  # pixels: COCO polygons stop a fraction of a pixel inside the image edge
+MAX_ID = 2**63 - 1
+MAX_SIDE = 20000  # pixels: larger images are refused before a mask is allocated
+
+
+def _finite(value, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    """An int or float (not bool) that is finite and within [lo, hi]."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and lo <= value <= hi)
+
+
+def is_coco_id(value) -> bool:
+    """A COCO id: an integer (not bool) in 0..2^63-1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+
+
+def _side(value) -> int | None:
+    """An image width or height: a positive whole number up to MAX_SIDE, else None."""
+    if _finite(value, 1, MAX_SIDE) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,68 +85,281 @@ class FilterOptions:
     max_images: int = 300
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        checks = (
+            ("--min-area", self.min_area, _finite(self.min_area, 0), "use a number of pixels >= 0"),
+            ("--max-border-cut", self.max_border_cut, _finite(self.max_border_cut, 0, 1), "use a share in [0, 1]"),
+            ("--min-fill", self.min_fill, _finite(self.min_fill, 0, 1), "use a share in [0, 1]"),
+            ("--max-instances", self.max_instances,
+             isinstance(self.max_instances, int) and not isinstance(self.max_instances, bool)
+             and self.max_instances >= 1, "use a whole number >= 1"),
+            ("--max-images", self.max_images,
+             isinstance(self.max_images, int) and not isinstance(self.max_images, bool) and self.max_images >= 1,
+             "use a whole number >= 1"),
+            ("--seed", self.seed, isinstance(self.seed, int) and not isinstance(self.seed, bool)
+             and 0 <= self.seed < 2**32, "use a whole number in 0..4294967295"),
+        )
+        for option, value, ok, fix in checks:
+            if not ok:
+                raise SemcorrError(f"{option} {value!r}: out of range; {fix}")
+
+
+def _rle_string_runs(counts: str, limit: int) -> list[int] | None:
+    """The runs of a compressed COCO RLE string (pycocotools' `rleFrString`), None if corrupt.
+
+    Checked here because pycocotools reads past the end of a truncated string and turns
+    bad runs into huge unsigned ones (a garbage mask or an out-of-memory kill).
+    """
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts) or shift > 35:
+                return None
+            code = ord(counts[position]) - 48
+            if not 0 <= code < 64:
+                return None
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position += 1
+            shift += 5
+            if not more and code & 0x10:
+                value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if not 0 <= value <= limit:
+            return None
+        runs.append(value)
+    return runs
+
+
+def segmentation_problem(segmentation, height: int, width: int) -> str | None:
+    """Why a COCO segmentation cannot be decoded on a height x width image, or None.
+
+    Polygons: lists of at least three (x, y) finite numbers within the image grown by its
+    size on each side. RLE: `size` equal to [height, width], runs (a list of non-negative
+    integers or a compressed string) that add up to height * width.
+    """
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or len(polygon) % 2:
+                return "a polygon is not a list of x, y pairs"
+            xs, ys = polygon[0::2], polygon[1::2]
+            if not (all(_finite(x, -width, 2 * width) for x in xs) and all(_finite(y, -height, 2 * height) for y in ys)):
+                return "a polygon coordinate is not a finite number near the image"
+        if not any(len(polygon) >= 6 for polygon in segmentation):
+            return "no polygon has 3 points"
+        return None
+    if not isinstance(segmentation, dict):
+        return f"expected a polygon list or an RLE object, got {type(segmentation).__name__}"
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(is_coco_id(s) for s in size)):
+        return "RLE size is not [height, width]"
+    if size != [height, width]:
+        return f"RLE size {size} is not the image's [{height}, {width}]"
+    total = height * width
+    if isinstance(counts, list):
+        if not all(is_coco_id(c) for c in counts):
+            return "RLE counts are not non-negative integers"
+        runs = counts
+    elif isinstance(counts, str):
+        runs = _rle_string_runs(counts, total)
+        if runs is None:
+            return "RLE counts string is corrupt"
+    else:
+        return "RLE counts are neither a list nor a string"
+    if sum(runs) != total:
+        return f"RLE runs cover {sum(runs)} pixels, not the image's {total}"
+    return None
+
 
 def decode_mask(segmentation, height: int, width: int) -> np.ndarray:
-    """COCO polygon list, uncompressed or compressed RLE -> (H, W) bool mask."""
+    """COCO polygon list, uncompressed or compressed RLE -> (H, W) bool mask.
+
+    Raises:
+        SemcorrError: the segmentation is corrupt (see `segmentation_problem`).
+    """
+    problem = segmentation_problem(segmentation, height, width)
+    if problem:
+        raise SemcorrError(f"corrupt segmentation: {problem}")
     if isinstance(segmentation, list):
-        rles = mask_utils.frPyObjects(segmentation, height, width)
+        rles = mask_utils.frPyObjects([[float(v) for v in p] for p in segmentation if len(p) >= 6], height, width)
         return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-    if isinstance(segmentation.get("counts"), list):
+    if isinstance(segmentation["counts"], list):
         segmentation = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        segmentation = {"size": [height, width], "counts": segmentation["counts"].encode("ascii")}
     return mask_utils.decode(segmentation).astype(bool)
 
 
-def border_cut(mask: np.ndarray, bbox: np.ndarray) -> float:
-    """Share of the box perimeter where the mask lies on the image border."""
-    on_border = int(mask[0].sum() + mask[-1].sum() + mask[:, 0].sum() + mask[:, -1].sum())
-    perimeter = 2.0 * (bbox[2] + bbox[3])
-    return on_border / perimeter if perimeter > 0 else 1.0
+def border_cut(mask: np.ndarray, bbox: np.ndarray | None = None, band: int = BORDER_BAND) -> float:
+    """Share of the box perimeter that lies on the image border.
+
+    A side of the box lies on the border where the mask reaches the outer `band` pixels of
+    the image (COCO polygons stop a fraction of a pixel inside the edge, at x = 0.3 or
+    x = 639.04, so the outermost pixel row alone misses most cuts): per image edge, the
+    number of pixel columns (top, bottom) or rows (left, right) where the mask has a pixel
+    within `band` of that edge, summed and divided by the box perimeter 2 (w + h), capped at 1.
+
+    Args:
+        mask: (H, W) bool instance mask.
+        bbox: COCO [x, y, w, h]; the mask's own bounding box when None.
+        band: width of the border band in pixels.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    height, width = mask.shape
+    if bbox is None:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not len(rows):
+            return 0.0
+        bbox = np.array([cols[0], rows[0], cols[-1] + 1 - cols[0], rows[-1] + 1 - rows[0]], dtype=np.float64)
+    band = max(1, min(int(band), height, width))
+    on_border = (int(mask[:band].any(axis=0).sum()) + int(mask[-band:].any(axis=0).sum())
+                 + int(mask[:, :band].any(axis=1).sum()) + int(mask[:, -band:].any(axis=1).sum()))
+    perimeter = 2.0 * (float(bbox[2]) + float(bbox[3]))
+    return min(1.0, on_border / perimeter) if perimeter > 0 else 1.0
 
 
-def _record_problem(ann: dict, images: dict, categories: dict, image_dir: Path | None) -> str | None:
+def checked_images(coco: dict) -> tuple[dict[int, dict], dict[int, str]]:
+    """The usable image records by id, and the reason each unusable one (with an integer id) is out.
+
+    Returns:
+        images: id -> {"id", "file_name", "width", "height"} with checked types.
+        problems: id -> "bad_image_record" | "unsafe_file_name".
+    """
+    images: dict[int, dict] = {}
+    problems: dict[int, str] = {}
+    for raw in coco.get("images", []):
+        if not isinstance(raw, dict) or not is_coco_id(raw.get("id")):
+            continue  # no usable id: annotations naming it count as unknown_image
+        image_id = raw["id"]
+        if image_id in images or image_id in problems:
+            images.pop(image_id, None)
+            problems[image_id] = "bad_image_record"  # duplicate id: which record is meant is unknown
+            continue
+        width, height = _side(raw.get("width")), _side(raw.get("height"))
+        if width is None or height is None:
+            problems[image_id] = "bad_image_record"
+        elif path_problem(raw.get("file_name")):
+            problems[image_id] = "unsafe_file_name"
+        else:
+            images[image_id] = {"id": image_id, "file_name": raw["file_name"], "width": width, "height": height}
+    return images, problems
+
+
+def checked_categories(coco: dict) -> dict[int, str]:
+    """Category id -> name for records with an integer id and a string name (duplicate ids dropped)."""
+    names: dict[int, str] = {}
+    duplicate: set[int] = set()
+    for raw in coco.get("categories", []):
+        if isinstance(raw, dict) and is_coco_id(raw.get("id")) and isinstance(raw.get("name"), str):
+            if raw["id"] in names:
+                duplicate.add(raw["id"])
+            names[raw["id"]] = raw["name"]
+    return {k: v for k, v in names.items() if k not in duplicate}
+
+
+def coco_area(ann: dict) -> float | None:
+    """COCO's `area` of an annotation when it is a positive finite number, else None."""
+    area = ann.get("area")
+    return float(area) if _finite(area) and area > 0 else None
+
+
+def _record_problem(ann, images: dict, image_problems: dict, categories: dict, duplicates: set,
+                    image_dir: Path | None) -> str | None:
     if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
         return "bad_record"
+    if not (is_coco_id(ann["id"]) and is_coco_id(ann["image_id"]) and is_coco_id(ann["category_id"])):
+        return "bad_record"
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
+        return "bad_record"
+    if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd", 0), float):
+        return "bad_record"  # "0" (a string) or 0.5 are not crowd flags
+    if ann["id"] in duplicates:
+        return "duplicate_id"
+    if ann["image_id"] in image_problems:
+        return image_problems[ann["image_id"]]
     if ann["image_id"] not in images:
         return "unknown_image"
     if ann["category_id"] not in categories:
         return "unknown_category"
-    bbox = ann["bbox"]
-    if not isinstance(bbox, list) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
+    if bbox[2] <= 0 or bbox[3] <= 0:
         return "zero_area_box"
     segmentation = ann.get("segmentation")
-    if not segmentation or (isinstance(segmentation, list) and not any(len(p) >= 6 for p in segmentation)):
+    if not segmentation or (isinstance(segmentation, list) and all(isinstance(p, list) and len(p) < 6
+                                                                   for p in segmentation)):
         return "empty_segmentation"
-    if image_dir is not None and not (image_dir / images[ann["image_id"]]["file_name"]).is_file():
+    image = images[ann["image_id"]]
+    if segmentation_problem(segmentation, image["height"], image["width"]):
+        return "bad_segmentation"
+    if image_dir is not None and not (image_dir / image["file_name"]).is_file():
         return "missing_image_file"
     return None
 
 
+def imported_keypoints(raw, num_keypoints: int, width: int, height: int) -> np.ndarray | None:
+    """A COCO keypoints annotation's `keypoints` as a (K, 3) array, or None when malformed.
+
+    Malformed: not a list of 3K finite numbers, a visibility outside {0, 1, 2}, or a labelled
+    point outside the image.
+    """
+    flat = raw.get("keypoints") if isinstance(raw, dict) else None
+    if not (isinstance(flat, list) and len(flat) == 3 * num_keypoints and all(_finite(v) for v in flat)):
+        return None
+    array = np.asarray(flat, dtype=np.float64).reshape(-1, 3)
+    if not np.isin(array[:, 2], (0, 1, 2)).all():
+        return None
+    labelled = array[:, 2] > 0
+    xs, ys = array[labelled, 0], array[labelled, 1]
+    if ((xs < 0) | (xs > width) | (ys < 0) | (ys > height)).any():
+        return None
+    array[~labelled, :2] = np.nan
+    return array
+
+
+SCREEN_COLUMNS = ["ann_id", "image_id", "category", "area", "truncated", "reason", "index"]
+
+
 def screen_instances(coco: dict, wanted: set[str], options: FilterOptions, image_dir: Path | None = None
                      ) -> pd.DataFrame:
-    """One row per annotation of a wanted category: ann_id, image_id, category, area, truncated, reason.
+    """One row per annotation of a wanted category: ann_id, image_id, category, area, truncated, reason, index.
 
-    `reason` is None for a clean instance, else one of RECORD_REASONS or INSTANCE_REASONS.
+    `reason` is None for a clean instance, else one of RECORD_REASONS or INSTANCE_REASONS;
+    `index` is the annotation's position in `coco["annotations"]`. Rows of malformed records
+    carry ann_id / image_id only where they are valid ids (else None).
     """
-    images = {im["id"]: im for im in coco.get("images", []) if isinstance(im, dict) and "id" in im}
-    categories = {c["id"]: c["name"] for c in coco.get("categories", []) if isinstance(c, dict) and "id" in c}
+    images, image_problems = checked_images(coco)
+    categories = checked_categories(coco)
+    annotations = coco.get("annotations", [])
+    annotations = annotations if isinstance(annotations, list) else []
+    seen: set[int] = set()
+    duplicates: set[int] = set()
+    for ann in annotations:
+        if isinstance(ann, dict) and is_coco_id(ann.get("id")):
+            (duplicates if ann["id"] in seen else seen).add(ann["id"])
     rows = []
-    for ann in coco.get("annotations", []):
-        category = categories.get(ann.get("category_id")) if isinstance(ann, dict) else None
+    for index, ann in enumerate(annotations):
+        category_id = ann.get("category_id") if isinstance(ann, dict) else None
+        category = categories.get(category_id) if is_coco_id(category_id) else None
         if category is not None and category not in wanted:
             continue
-        problem = _record_problem(ann, images, categories, image_dir)
-        row = {"ann_id": ann.get("id") if isinstance(ann, dict) else None,
-               "image_id": ann.get("image_id") if isinstance(ann, dict) else None,
-               "category": category, "area": 0.0, "truncated": False, "reason": problem}
+        problem = _record_problem(ann, images, image_problems, categories, duplicates, image_dir)
+        ann_id = ann.get("id") if isinstance(ann, dict) and is_coco_id(ann.get("id")) else None
+        image_id = ann.get("image_id") if isinstance(ann, dict) and is_coco_id(ann.get("image_id")) else None
+        row = {"ann_id": ann_id, "image_id": image_id, "category": category, "area": 0.0, "truncated": False,
+               "reason": problem, "index": index}
         if problem is None:
             image = images[ann["image_id"]]
             bbox = np.asarray(ann["bbox"], dtype=np.float64)
+            area = coco_area(ann)
             if ann.get("iscrowd", 0):
                 row["reason"] = "crowd"
-                row["area"] = float(ann.get("area", bbox[2] * bbox[3]))
+                row["area"] = area if area is not None else float(bbox[2] * bbox[3])
             else:
                 mask = decode_mask(ann["segmentation"], image["height"], image["width"])
-                area = float(mask.sum())
+                area = area if area is not None else float(mask.sum())
                 cut = border_cut(mask, bbox)
                 row.update(area=area, truncated=cut > 0)
                 if area < options.min_area:
@@ -121,7 +369,10 @@ def screen_instances(coco: dict, wanted: set[str], options: FilterOptions, image
                 elif area / (bbox[2] * bbox[3]) < options.min_fill:
                     row["reason"] = "sparse_mask"
         rows.append(row)
-    return pd.DataFrame(rows, columns=["ann_id", "image_id", "category", "area", "truncated", "reason"])
+    table = pd.DataFrame(rows, columns=SCREEN_COLUMNS)
+    for column in ("ann_id", "image_id"):  # nullable integers: ids stay exact next to malformed records
+        table[column] = pd.array([row[column] for row in rows], dtype="Int64")
+    return table
 
 
 def balanced_pick(image_ids: np.ndarray, counts: np.ndarray, limit: int, seed: int) -> np.ndarray:

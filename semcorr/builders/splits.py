@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -10,15 +12,35 @@ from semcorr.store import SPLIT_NAMES
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
-    """'5:2:3' -> (0.5, 0.2, 0.3)."""
+    """'5:2:3' -> (0.5, 0.2, 0.3).
+
+    Raises:
+        SemcorrError: not three finite, non-negative numbers with a positive sum (`nan:1:1`,
+            `inf:1:1`, `-1:1:1`, `0:0:0`).
+    """
     try:
-        parts = [float(p) for p in text.split(":")]
+        parts = [float(p) for p in str(text).split(":")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
-        raise SemcorrError(f"--ratios {text!r}: expected three non-negative numbers like 5:2:3")
+    if (len(parts) != 3 or not all(math.isfinite(p) for p in parts) or min(parts) < 0 or sum(parts) <= 0
+            or not math.isfinite(sum(parts))):
+        raise SemcorrError(f"--ratios {text!r}: expected three finite non-negative numbers with a positive sum, "
+                           "like 5:2:3")
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def split_counts(instances: pd.DataFrame, splits: dict[int, str]) -> pd.DataFrame:
+    """Images per category (rows) and split (columns): an image counts under every category it holds.
+
+    Args:
+        instances: rows with `image_id` and `category` (one per instance).
+        splits: image id -> split name.
+    """
+    units = instances[["image_id", "category"]].drop_duplicates()
+    units = units.assign(split=units["image_id"].map(splits)).dropna(subset=["split"])
+    counts = units.groupby(["category", "split"]).size().unstack(fill_value=0)
+    return counts.reindex(columns=list(SPLIT_NAMES), fill_value=0).astype(int)
 
 
 def interleave_assign(count: int, ratios: tuple[float, float, float]) -> np.ndarray:

@@ -40,6 +40,14 @@ class PhotoTour:
             raise ValueError("pairs must be (M, 2) with one label each")
 
 
+def _read_text(path: Path) -> str:
+    """A text file as str; one-line SemcorrError when it is not UTF-8 / ASCII text."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SemcorrError(f"{path}: not text (byte {exc.start} is not UTF-8); give the Photo Tour text file") from None
+
+
 def load_phototour(folder: Path, matches: str | None = None) -> PhotoTour:
     """Read a Photo Tour folder; `matches` names the match file (default: the only m50_*.txt)."""
     folder = Path(folder)
@@ -47,7 +55,7 @@ def load_phototour(folder: Path, matches: str | None = None) -> PhotoTour:
     if not info.is_file():
         raise SemcorrError(f"{info}: missing; a Photo Tour folder has info.txt, patches*.bmp and m50_*.txt")
     point_ids = []
-    for number, line in enumerate(info.read_text().splitlines(), 1):
+    for number, line in enumerate(_read_text(info).splitlines(), 1):
         fields = line.split()
         if not fields or not fields[0].lstrip("-").isdigit():
             raise SemcorrError(f"{info}: line {number}: expected '<point id> <image id>', got {line!r}")
@@ -58,8 +66,12 @@ def load_phototour(folder: Path, matches: str | None = None) -> PhotoTour:
         raise SemcorrError(f"{folder}: {len(point_ids)} patches in info.txt need {needed} sheets, found {len(sheets)}")
     patches = np.empty((len(point_ids), PATCH, PATCH), dtype=np.uint8)
     for sheet_index, path in enumerate(sheets[:needed]):
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L"))
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("L"))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise SemcorrError(f"{path}: not a readable patch sheet ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:80]})") from None
         if pixels.shape != (SHEET, SHEET):
             raise SemcorrError(f"{path}: a sheet is {SHEET} x {SHEET} pixels, this one is {pixels.shape}")
         tiles = pixels.reshape(PER_ROW, PATCH, PER_ROW, PATCH).swapaxes(1, 2).reshape(PER_SHEET, PATCH, PATCH)
@@ -70,7 +82,7 @@ def load_phototour(folder: Path, matches: str | None = None) -> PhotoTour:
     if len(match_files) != 1 or not match_files[0].is_file():
         raise SemcorrError(f"{folder}: name the match file (found {[p.name for p in match_files]})")
     pairs, labels = [], []
-    for number, line in enumerate(match_files[0].read_text().splitlines(), 1):
+    for number, line in enumerate(_read_text(match_files[0]).splitlines(), 1):
         fields = line.split()
         if len(fields) < 5 or not all(f.lstrip("-").isdigit() for f in fields[:5]):
             raise SemcorrError(f"{match_files[0]}: line {number}: expected 7 integers, got {line!r}")
