@@ -173,7 +173,12 @@ def coco_filter(
     print_table(f"coco-filter: {len(result.dataset.images)} images, {len(result.dataset.instances)} instances",
                 shown.astype(int), "category")
     reasons = report[[*RECORD_REASONS, *INSTANCE_REASONS, *IMAGE_REASONS]].sum()
-    console.print("rejected: " + ", ".join(f"{k} {int(v)}" for k, v in reasons.items() if v))
+    console.print("rejected: " + (", ".join(f"{k} {int(v)}" for k, v in reasons.items() if v) or "none"))
+    if "bad_keypoints" in report and report["bad_keypoints"].sum():
+        console.print(f"malformed keypoint records (instances kept unlabelled): {int(report['bad_keypoints'].sum())}")
+    labelled = sum(int(inst.labelled.sum()) for inst in result.dataset.instances)
+    console.print(f"keypoints: {labelled} imported (provenance 'imported')" if labelled
+                  else "keypoints: none labelled; every instance starts unlabelled")
     console.print(f"wrote {out} (report: {out / 'coco_filter_report.csv'})")
 
 
@@ -227,12 +232,15 @@ def stats(
     dataset: Annotated[Path, typer.Argument(help="dataset directory with pairs.parquet")],
     out: Annotated[Path | None, typer.Option(help="output folder (default DATASET/stats)")] = None,
 ) -> None:
-    """SPair Table 1 and 2 (printed and CSV), Figure 1 and 2 (PNG)."""
+    """SPair Table 1 and 2 (printed and CSV), Figure 1 and 2 (PNG); MISC pairs: the MISC tables too."""
     result = commands.run_stats(dataset, out)
     table1 = result.difficulty.T
     table1.index = [f"{factor} {level}" for factor, level in table1.index]
     print_table("Table 1: pairs by difficulty and split", table1, "difficulty")
     print_table("Table 2: pairs by category and split", result.categories)
+    if result.misc is not None:
+        print_table("MISC: images by instances of the category per image", result.misc["instances"])
+        print_table("MISC: correspondences, keypoint share and overlapping instances per pair", result.misc["pairs"])
     for path in result.files:
         console.print(f"wrote {path}")
 

@@ -119,10 +119,18 @@ class StatsResult:
     difficulty: pd.DataFrame
     categories: pd.DataFrame
     files: list[Path]
+    misc: dict[str, pd.DataFrame] | None = None  # MISC stores: "instances" and "pairs" tables
 
 
 def run_stats(root: Path, out_dir: Path | None = None) -> StatsResult:
-    """Tables 1 and 2 (CSV) and Figures 1 and 2 (PNG) of a store with pairs."""
+    """Tables 1 and 2 (CSV) and Figures 1 and 2 (PNG) of a store with pairs.
+
+    MISC pairs (`build-pairs --mode misc`) have no viewpoint label: their Table 1 has the
+    scale, truncation and occlusion factors, Figure 2 (azimuth) is not drawn, and the MISC
+    tables are written instead: images per category by instance count
+    (`misc_instances.csv`) and, per category, correspondences per pair, keypoint share and
+    pairs with overlapping instances (`misc_pairs.csv`).
+    """
     from semcorr.figures import plot_azimuth_histograms, plot_difficulty_pies
 
     root = Path(root)
@@ -130,21 +138,30 @@ def run_stats(root: Path, out_dir: Path | None = None) -> StatsResult:
     dataset = store.load_dataset(root, check_files=False)
     splits = store.load_splits(root, dataset)
     pairs = store.load_pairs(root, dataset)
-    units, _, _ = spair_units(dataset, splits)
+    from semcorr.builders.statistics import is_misc, misc_instance_table, misc_pair_table
+
     difficulty = difficulty_table(pairs)
     categories = category_table(pairs)
-    azimuth = azimuth_table(units)
+    tables = [("table1_difficulty.csv", difficulty, True), ("table2_categories.csv", categories, True)]
+    misc = None
+    if is_misc(pairs):
+        misc = {"instances": misc_instance_table(dataset.instance_table(), splits), "pairs": misc_pair_table(pairs)}
+        tables += [("misc_instances.csv", misc["instances"], True), ("misc_pairs.csv", misc["pairs"], True)]
+    else:
+        units, _, _ = spair_units(dataset, splits)
+        azimuth = azimuth_table(units)
+        tables.append(("azimuth_by_split.csv", azimuth, False))
     files = []
-    for name, table in (("table1_difficulty.csv", difficulty), ("table2_categories.csv", categories),
-                        ("azimuth_by_split.csv", azimuth)):
+    for name, table, index in tables:
         flat = table.copy()
         if isinstance(flat.columns, pd.MultiIndex):
             flat.columns = [f"{a} {b}" for a, b in flat.columns]
-        atomic.write_text(out_dir / name, flat.to_csv(index=name != "azimuth_by_split.csv"))
+        atomic.write_text(out_dir / name, flat.to_csv(index=index))
         files.append(out_dir / name)
     files.append(plot_difficulty_pies(difficulty, out_dir / "fig1_difficulty_pies.png"))
-    files.append(plot_azimuth_histograms(azimuth, out_dir / "fig2_azimuth_histograms.png"))
-    return StatsResult(difficulty=difficulty, categories=categories, files=files)
+    if misc is None:
+        files.append(plot_azimuth_histograms(azimuth, out_dir / "fig2_azimuth_histograms.png"))
+    return StatsResult(difficulty=difficulty, categories=categories, files=files, misc=misc)
 
 
 def run_export_spair(root: Path, out_dir: Path, progress: Progress = None) -> SpairExportReport:

@@ -29,14 +29,16 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_difficulty_pies(difficulty: pd.DataFrame, path: Path) -> Path:
-    """One pie per (split row of Table 1, factor): the share of pairs at each level."""
+    """One pie per (split row of Table 1, factor in the table): the share of pairs at each level."""
     rows = list(difficulty.index)
-    fig, axes = plt.subplots(len(rows), len(FACTORS), figsize=(3.2 * len(FACTORS), 2.9 * len(rows)))
-    axes = np.atleast_2d(axes)
+    present = set(difficulty.columns.get_level_values(0)) if len(difficulty.columns) else set()
+    factors = [factor for factor in FACTORS if factor[1] in present] or list(FACTORS[:1])
+    fig, axes = plt.subplots(len(rows), len(factors), figsize=(3.2 * len(factors), 2.9 * len(rows)), squeeze=False)
     for r, split in enumerate(rows):
-        for c, (_, title, levels) in enumerate(FACTORS):
+        for c, (_, title, levels) in enumerate(factors):
             ax = axes[r, c]
-            counts = np.array([difficulty.loc[split, (title, level)] for level in levels], dtype=float)
+            counts = np.array([difficulty.loc[split, (title, level)] if (title, level) in difficulty.columns else 0
+                               for level in levels], dtype=float)
             if counts.sum() == 0:
                 ax.text(0.5, 0.5, "no pairs", ha="center", va="center")
                 ax.axis("off")

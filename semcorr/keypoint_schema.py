@@ -175,7 +175,8 @@ def _mesh_path(path: Path, mesh: object, mesh_relative: object) -> Path | None:
         if not isinstance(value, str) or "\x00" in value:
             raise SemcorrError(f"{path}: mesh {value!r}: expected a file path string")
         candidate = Path(value).expanduser()
-        options.append(candidate if candidate.is_absolute() else Path(path).resolve().parent / candidate)
+        options.append(Path(os.path.normpath(candidate if candidate.is_absolute()
+                                             else Path(path).resolve().parent / candidate)))
     if not options:
         return None
     return next((option for option in options if option.is_file()), options[0])

@@ -143,6 +143,8 @@ ROWS = [
     ("file-name-dotdot", set_in("images", "file_name", "../../../../etc/passwd"), VALIDATE, 1, "unsafe path"),
     ("file-name-absolute", set_in("images", "file_name", "/etc/passwd"), VALIDATE, 1, "absolute path"),
     ("file-name-nul", set_in("images", "file_name", "a\x00b.jpg"), VALIDATE, 1, "NUL"),
+    ("file-name-victim-misc", set_in("images", "file_name", "../../victim.jpg"), ["export", "misc", "{D}", "{OUT}"],
+     1, "unsafe path"),
     # splits.json and pairs.parquet
     ("splits-unknown-id", write_raw("splits.json", b'{"987654": "trn"}'), VALIDATE, 1, "not an image"),
     ("splits-bad-name", write_raw("splits.json", b'{"1": "train"}'), BUILD, 1, "is not one of"),
@@ -184,10 +186,30 @@ def test_bad_input_is_one_clean_line(store_copy, tmp_path, capsys, mutation, com
     before = snapshot(tmp_path)
     args = [a.replace("{D}", str(store_copy)).replace("{OUT}", str(tmp_path / "out")).replace("{TMP}", str(tmp_path))
             for a in command]
-    code, out, err = run_cli(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == status, err
     assert "Traceback" not in err and "internal error" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0], lines[0]
     assert snapshot(tmp_path) == before, "inputs changed or an output was written"
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(store_copy, tmp_path):
+    """A write that fails half-way (file size limit: EFBIG, as on a full quota) leaves no partial output."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "exports"
+    out.mkdir()
+    before = snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "semcorr.cli", "export", "coco", str(store_copy), str(out / "c.json")],
+                          capture_output=True, text=True, preexec_fn=limit_file_size, check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "File too large" in lines[0] and "Traceback" not in proc.stderr
+    assert snapshot(tmp_path) == before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -182,7 +181,7 @@ def test_target_that_is_a_file_is_refused(tmp_path):
 
 def test_stale_staging_of_dead_runs_is_cleaned_and_a_swapped_out_output_restored(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+                          text=True, check=False).stdout.strip()
     (tmp_path / f".out.semcorr-{dead}-abc123.partial").mkdir()
     (tmp_path / f".out.semcorr-{dead}-abc123.old").mkdir()
     (tmp_path / f".out.semcorr-{dead}-abc123.old" / "previous.txt").write_text("previous output")
@@ -212,7 +211,7 @@ main(sys.argv[1:])
 
 def run_killed(module: str, function: str, after: int, args: list[str]) -> int:
     code = KILL_MIDWAY.format(module=module, function=function, after=after)
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True).returncode
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], check=False, capture_output=True).returncode
 
 
 def tree(root: Path) -> dict[str, bytes]:

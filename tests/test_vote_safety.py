@@ -3,6 +3,7 @@ and writes a schema whose mesh is found from any folder and after the output is 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -186,6 +187,11 @@ def test_schema_mesh_is_found_after_moving_the_output_and_from_another_folder(wo
 
 def test_schema_mesh_is_found_when_mesh_and_schema_move_together(work, tmp_path):
     moved = tmp_path / "bundle"
-    shutil.move(str(work), moved)  # the absolute path recorded in the schema is gone now
-    schema = load_schema(moved / "T" / "schema.json")
+    shutil.move(str(work), moved)
+    path = moved / "T" / "schema.json"
+    data = json.loads(path.read_text())
+    assert Path(data["mesh"]).is_absolute() and data["mesh_relative"] == "../car.ply"
+    data["mesh"] = str(tmp_path / "gone" / "car.ply")  # as if the original folder were moved away
+    path.write_text(json.dumps(data))
+    schema = load_schema(path)
     assert schema.mesh == (moved / "car.ply").resolve()

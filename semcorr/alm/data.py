@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from semcorr.store import Dataset, Instance
+from semcorr.store import Dataset, Instance, open_image
 
 STRIDE = 8
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -96,9 +96,7 @@ class CropSet(torch.utils.data.Dataset):
 
     def image(self, image_id: int) -> Image.Image:
         if image_id not in self._images:
-            info = self.dataset.images[image_id]
-            with Image.open(Path(self.dataset.image_root) / info.file_name) as handle:
-                self._images[image_id] = handle.convert("RGB")
+            self._images[image_id] = open_image(self.dataset, image_id)
         return self._images[image_id]
 
     def __getitem__(self, index: int):

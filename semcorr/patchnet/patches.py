@@ -9,7 +9,6 @@ they reach a network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ from PIL import Image
 
 from semcorr.errors import SemcorrError
 from semcorr.patchnet.models import PATCH_SIZE
-from semcorr.store import Dataset, Instance
+from semcorr.store import Dataset, Instance, open_image
 
 DEFAULT_SCALE = 0.3
 MIN_KEYPOINTS = 20
@@ -52,9 +51,8 @@ class ImageCache:
 
     def __call__(self, image_id: int) -> Image.Image:
         if image_id not in self._open:
-            path = Path(self.dataset.image_root) / self.dataset.images[image_id].file_name
-            with Image.open(path) as image:
-                self._open[image_id] = image.convert("L" if self.grayscale else "RGB")
+            pixels = open_image(self.dataset, image_id)
+            self._open[image_id] = pixels.convert("L") if self.grayscale else pixels
         return self._open[image_id]
 
 
