@@ -104,24 +104,52 @@ def _make_dirs_umask(staging: Path) -> None:
     _apply_umask(staging, directory=True)
 
 
+MARKER = ".semcorr-output"
+# What an earlier output of each kind holds (outputs made before the marker existed), and what must never be
+# replaced wholesale because people made it.
+SIGNATURES = {"dataset": ("annotations.json",), "spair": ("Layout", "PairAnnotation"), "misc": ("meta.json",)}
+PROTECTED = {"dataset": ("annotation",)}
+
+
+def check_replaceable(final: Path, kind: str) -> None:
+    """Refuse to replace a folder that is not an earlier output of this kind, or that holds human work."""
+    final = Path(final)
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise SemcorrError(f"{final}: exists and is not a folder; give a folder path to write")
+    if not final.exists() or not any(final.iterdir()):
+        return
+    marker = final / MARKER
+    ours = (marker.is_file() and marker.read_text().strip() == kind) or any(
+        (final / name).exists() for name in SIGNATURES.get(kind, ()))
+    if not ours:
+        raise SemcorrError(f"{final}: exists and is not a semcorr {kind} output; choose a new folder (nothing "
+                           "in it was changed)")
+    for name in PROTECTED.get(kind, ()):
+        if (final / name).exists():
+            raise SemcorrError(f"{final}: holds annotation work in {final / name}; it is never replaced: move "
+                               "the dataset away or choose another output folder")
+
+
 @contextlib.contextmanager
-def staged_directory(final: Path, overwrite: bool = True) -> Iterator[Path]:
+def staged_directory(final: Path, kind: str, overwrite: bool = True) -> Iterator[Path]:
     """Yield a staging directory that replaces `final` only if the block succeeds.
 
     Args:
-        final: the directory to create or replace; an existing file there is refused.
+        final: the directory to create or replace. An existing file there, a folder that is not an
+            earlier output of `kind`, or a dataset with annotation work are refused.
+        kind: what is written ("dataset", "spair", "misc"); recorded in a `.semcorr-output` marker.
         overwrite: replace an existing `final`; otherwise its existence is an error.
     """
     final = Path(final)
-    if final.exists() and not final.is_dir():
-        raise SemcorrError(f"{final}: exists and is not a folder; give a folder path to write")
     if final.exists() and not overwrite:
         raise SemcorrError(f"{final}: exists; choose another output or remove it")
+    check_replaceable(final, kind)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(final)
     staging = Path(tempfile.mkdtemp(prefix=_prefix(final), suffix=".partial", dir=final.parent))
     _make_dirs_umask(staging)
     try:
+        write_text(staging / MARKER, f"{kind}\n")
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

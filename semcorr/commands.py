@@ -49,7 +49,7 @@ def resolve_prototypes(categories: list[str], schemas: list[Path], meshes: list[
 def run_synth(out_dir: Path, prototypes: list[Prototype], options: SynthOptions, progress: Progress = None
               ) -> store.Dataset:
     """Render a synthetic store into `out_dir` (replaced atomically)."""
-    with atomic.staged_directory(Path(out_dir)) as staging:
+    with atomic.staged_directory(Path(out_dir), "dataset") as staging:
         dataset = synthesize(prototypes, options, staging, progress=progress)
         store.save_dataset(dataset, staging)
     dataset.image_root = Path(out_dir) / store.IMAGES_DIR
@@ -336,7 +336,7 @@ def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, catego
                             image_root=image_dir.resolve(),
                             info={"description": f"semcorr coco-filter of {instances_json.name}",
                                   "image_root": str(image_dir.resolve())})
-    with atomic.staged_directory(out_dir) as staging:
+    with atomic.staged_directory(out_dir, "dataset") as staging:
         store.save_dataset(dataset, staging)
         atomic.write_text(staging / "coco_filter_report.csv", report.to_csv())
     return FilterResult(dataset=dataset, report=report, path=out_dir)

@@ -123,7 +123,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     run("b", 3)
     run("c", 4)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 9
+    assert len(files) == 10  # 8 images, annotations.json, the .semcorr-output marker
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a" / "annotations.json").read_bytes() != (tmp_path / "c" / "annotations.json").read_bytes()

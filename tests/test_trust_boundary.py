@@ -144,17 +144,17 @@ def test_refuse_overlap_relations(tmp_path):
 def test_staged_directory_keeps_users_names_and_applies_umask(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "old.txt").write_text("previous")
+    (target / "annotations.json").write_text("previous")
     user_old = tmp_path / ".out.old"
     user_old.write_text("the user's own file")
     previous = os.umask(0o022)
     try:
-        with atomic.staged_directory(target) as staging:
+        with atomic.staged_directory(target, "dataset") as staging:
             (staging / "new.txt").write_text("new")
             atomic.write_text(staging / "file.json", "{}")
     finally:
         os.umask(previous)
-    assert sorted(p.name for p in target.iterdir()) == ["file.json", "new.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [".semcorr-output", "file.json", "new.txt"]
     assert user_old.read_text() == "the user's own file"
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
     assert stat.S_IMODE((target / "file.json").stat().st_mode) == 0o644
@@ -164,17 +164,32 @@ def test_staged_directory_keeps_users_names_and_applies_umask(tmp_path):
 def test_failed_block_leaves_previous_output(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "keep.txt").write_text("previous")
-    with pytest.raises(RuntimeError), atomic.staged_directory(target) as staging:
+    (target / "annotations.json").write_text("previous")
+    with pytest.raises(RuntimeError), atomic.staged_directory(target, "dataset") as staging:
         (staging / "half.txt").write_text("half")
         raise RuntimeError("boom")
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "keep.txt").read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "annotations.json").read_text() == "previous"
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ({"notes.txt": "my thesis"}, "is not a semcorr dataset output"),
+    ({"annotations.json": "{}", "annotation/raw/round2_chair.json": "[]"}, "holds annotation work"),
+])
+def test_folders_that_are_not_our_outputs_or_hold_human_work_are_never_replaced(tmp_path, content, fragment):
+    target = tmp_path / "out"
+    for name, text in content.items():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (target / name).write_text(text)
+    with pytest.raises(SemcorrError, match=fragment), atomic.staged_directory(target, "dataset"):
+        pass
+    assert {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()} == set(content)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_target_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "out"
     target.write_text("a user's file")
-    with pytest.raises(SemcorrError, match="is not a folder"), atomic.staged_directory(target):
+    with pytest.raises(SemcorrError, match="is not a folder"), atomic.staged_directory(target, "dataset"):
         pass
     assert target.read_text() == "a user's file"
 

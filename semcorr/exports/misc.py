@@ -72,7 +72,7 @@ def export_misc(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path) -> dict[st
     category_ids = {c.name: c.id for c in dataset.categories.values()}
     kps_all = pa.array(pairs["kps_ids"]).to_pylist()
     counts = {}
-    with atomic.staged_directory(Path(out_dir)) as root:
+    with atomic.staged_directory(Path(out_dir), "misc") as root:
         (root / "pairs").mkdir()
         (root / "splits").mkdir()
         used_images = set(pairs["src_image_id"]) | set(pairs["trg_image_id"])

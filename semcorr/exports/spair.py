@@ -157,7 +157,7 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
     ]).drop_duplicates(["category", "image_id"]).sort_values(["category", "image_id"])
     names = safe_image_names(dataset, sorted(set(units["image_id"].tolist())))
 
-    with atomic.staged_directory(Path(out_dir)) as root:
+    with atomic.staged_directory(Path(out_dir), "spair") as root:
         unit_kps: dict[int, np.ndarray] = {}
         unit_box: dict[int, list[int]] = {}
         for row in units.itertuples(index=False):
