@@ -1,5 +1,7 @@
 """Image-level splits: ratios, spread over azimuth bins, determinism."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -63,3 +65,51 @@ def test_image_with_two_categories_is_split_once():
     # image 10 has two cats and one dog: split under "cat", with its largest cat's bin
     assert units.to_dict("records") == [{"image_id": 10, "category": "cat", "azimuth_bin": 5},
                                         {"image_id": 11, "category": "dog", "azimuth_bin": 2}]
+
+
+@pytest.mark.parametrize("bad", ["nan:1:1", "1:nan:1", "inf:1:1", "1e308:1e308:1", "-1:2:2", "0:0:0", "", "1:1:1:1"])
+def test_parse_ratios_refuses_non_finite_negative_and_zero(bad):
+    with pytest.raises(SemcorrError, match="--ratios"):
+        parse_ratios(bad)
+
+
+def two_category_store(root):
+    """Images 1-3: image 1 holds two cats and a dog, image 2 a dog, image 3 a cat."""
+    from PIL import Image
+
+    from semcorr import store
+
+    (root / "images").mkdir(parents=True)
+    images = {}
+    for i in (1, 2, 3):
+        Image.new("RGB", (64, 48)).save(root / "images" / f"{i}.jpg")
+        images[i] = store.ImageInfo(i, f"{i}.jpg", 64, 48)
+    cat, dog = store.Category(1, "cat", ()), store.Category(2, "dog", ())
+    instances = [store.Instance(10 + k, image_id, category_id, [1, 1, 10, 10], np.zeros((0, 3)))
+                 for k, (image_id, category_id) in enumerate([(1, 1), (1, 1), (1, 2), (2, 2), (3, 1)])]
+    store.save_dataset(store.Dataset(images=images, categories={1: cat, 2: dog}, instances=instances,
+                                     image_root=root / "images"), root)
+
+
+def test_split_counts_an_image_under_every_category_it_holds(tmp_path):
+    from typer.testing import CliRunner
+
+    from semcorr import commands, store
+    from semcorr.builders.splits import split_counts
+    from semcorr.cli import app
+
+    two_category_store(tmp_path)
+    counts = commands.run_split(tmp_path, (1.0, 0.0, 0.0), seed=0)
+    splits = store.load_splits(tmp_path)
+    assert splits == {1: "trn", 2: "trn", 3: "trn"}  # each image once
+    # image 1 is split under cat (two cats) but counted for the dog as well: cat {1, 3}, dog {1, 2}
+    assert counts.to_dict("index") == {"cat": {"trn": 2, "val": 0, "test": 0}, "dog": {"trn": 2, "val": 0, "test": 0}}
+    table = pd.DataFrame({"image_id": [1, 1, 1, 2, 3], "category": ["cat", "cat", "dog", "dog", "cat"]})
+    assert split_counts(table, {1: "val", 2: "trn"}).to_dict("index") == {
+        "cat": {"trn": 0, "val": 1, "test": 0}, "dog": {"trn": 1, "val": 1, "test": 0}}
+    result = CliRunner().invoke(app, ["split", str(tmp_path), "--ratios", "1:0:0"])
+    assert result.exit_code == 0, result.output
+    rows = dict(re.findall(r"(cat|dog)\W+(\d+)", result.output))
+    assert rows == {"cat": "2", "dog": "2"}, result.output
+    result = CliRunner().invoke(app, ["split", str(tmp_path), "--ratios", "nan:1:1"])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: --ratios")

@@ -24,11 +24,13 @@ def test_spair_pairs_in_three_lines(synth_store, tmp_path):
 def test_misc_pairs_padding(tmp_path):
     from tests.test_coco_misc import multi_instance_store
 
-    dataset = multi_instance_store(tmp_path)
-    store.save_dataset(dataset, tmp_path)
-    store.save_splits({1: "trn", 2: "trn"}, tmp_path)
-    commands.run_build_pairs(tmp_path, mode="misc")
-    commands.run_export_misc(tmp_path, tmp_path / "misc")
+    root = tmp_path / "dataset"
+    root.mkdir()
+    dataset = multi_instance_store(root)
+    store.save_dataset(dataset, root)
+    store.save_splits({1: "trn", 2: "trn"}, root)
+    commands.run_build_pairs(root, mode="misc")
+    commands.run_export_misc(root, tmp_path / "misc")
     data = MiscPairs(tmp_path / "misc", "trn")
     first, second = data[0], data[1]
     assert first["src_kps"].shape == (2, 3, 3) and first["trg_kps"].shape == (1, 3, 3)
