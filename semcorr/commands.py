@@ -342,6 +342,11 @@ def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, catego
     return FilterResult(dataset=dataset, report=report, path=out_dir)
 
 
+def store_files(root: Path) -> list[Path]:
+    """The files of a dataset directory that no output may replace."""
+    return [Path(root) / name for name in (store.ANNOTATIONS_FILE, store.SPLITS_FILE, store.PAIRS_FILE)]
+
+
 def run_export_coco(root: Path, out_path: Path, sigmas: list[str] = ()) -> list[Path]:
     """COCO keypoints JSON of a store, with its pairs (if any) as a sidecar.
 
@@ -370,8 +375,7 @@ def run_export_coco(root: Path, out_path: Path, sigmas: list[str] = ()) -> list[
         chosen[name] = numbers
     out_path = Path(out_path)
     for written in (out_path, out_path.with_name(out_path.stem + ".pairs.json")):
-        refuse_overlap(written, [root, dataset.image_root, *(Path(root) / name for name in (
-            store.ANNOTATIONS_FILE, store.SPLITS_FILE, store.PAIRS_FILE))], inside_ok=True)
+        refuse_overlap(written, [root, dataset.image_root, *store_files(root)], inside_ok=True)
     pairs = store.load_pairs(root, dataset) if (Path(root) / store.PAIRS_FILE).exists() else None
     return export_coco(dataset, out_path, pairs, sigmas=chosen)
 
@@ -520,7 +524,9 @@ def run_alm_train(root: Path, round_index: int, options, out: Path | None = None
     previous = alm_checkpoint_path(root, round_index - 1)
     init = load_checkpoint(previous) if round_index > 1 and previous.exists() else None
     alm = train(dataset, training, options, round_index=round_index, init=init, progress=progress)
-    path = save_checkpoint(alm, out or alm_checkpoint_path(root, round_index))
+    target = Path(out) if out else alm_checkpoint_path(root, round_index)
+    refuse_overlap(target, [root, dataset.image_root, *store_files(root)], inside_ok=True)
+    path = save_checkpoint(alm, target)
     return alm, path, len(training), init is not None
 
 
