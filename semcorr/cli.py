@@ -240,7 +240,11 @@ def stats(
     print_table("Table 2: pairs by category and split", result.categories)
     if result.misc is not None:
         print_table("MISC: images by instances of the category per image", result.misc["instances"])
-        print_table("MISC: correspondences, keypoint share and overlapping instances per pair", result.misc["pairs"])
+        short = {"multi_instance_pairs": "multi", "correspondences_mean": "corr", "correspondences_max": "max",
+                 "shared_mean": "kps", "share_mean": "share", "share_min": "min", "overlap_pairs": "ovl",
+                 "overlap_pct": "ovl%"}
+        print_table("MISC pairs: multi-instance; correspondences mean, max; shared keypoints mean; share mean, "
+                    "min; overlapping instances (IoU > 0)", result.misc["pairs"].rename(columns=short).round(2))
     for path in result.files:
         console.print(f"wrote {path}")
 

@@ -203,11 +203,14 @@ def _read_coco(path: Path) -> dict:
 
 def _keypoint_categories(extra: dict, path: Path, names: dict[int, str]) -> dict[int, dict]:
     """Category id -> {"keypoints", "skeleton" (0-based)} of a COCO keypoints file, checked."""
+    from semcorr.builders import coco_filter as cf
+
     out = {}
     for index, raw in enumerate(extra["categories"]):
-        if not isinstance(raw, dict) or raw.get("id") not in names or raw.get("name", names[raw["id"]]) != names[
-                raw["id"]]:
+        if not (isinstance(raw, dict) and cf.is_coco_id(raw.get("id")) and raw["id"] in names):
             continue
+        if raw.get("name", names[raw["id"]]) != names[raw["id"]]:
+            continue  # another category under the same id: not this one's schema
         record = f"categories[{index}] ({names[raw['id']]!r})"
         keypoints = raw.get("keypoints", [])
         if not (isinstance(keypoints, list) and all(isinstance(k, str) for k in keypoints)):
@@ -488,7 +491,8 @@ def run_annotate_plan(root: Path, manual: float, first: float, seed: int, clear_
     keypoint to unlabelled, so a loop started from imported labels starts unlabelled. `cleared`
     (a dict) receives `keypoints` and `copy` for the summary.
     """
-    from semcorr.annotation.plan import clear_labels as clear, plan_images, save_plan
+    from semcorr.annotation.plan import clear_labels as clear
+    from semcorr.annotation.plan import plan_images, save_plan
 
     dataset = store.load_dataset(root, check_files=False)
     splits_path = Path(root) / store.SPLITS_FILE

@@ -185,7 +185,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path == "/health":
             return self.reply(200, b'{"status": "UP"}')
         if Handler.mode == "invalid":
@@ -396,7 +396,7 @@ def _wait_health(url, seconds=240):
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
     return [int(p) for p in out.split()]
 
 
@@ -442,3 +442,18 @@ def test_review_server_hides_secrets_serves_only_the_dataset_and_dies_with_its_p
             parent.kill()
         if child is not None and Path(f"/proc/{child}").exists():
             os.killpg(child, signal.SIGKILL)
+
+
+def test_cli_review_server_needs_a_dataset_and_plan_clears_labels(store_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from semcorr.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["review", "server", "--data-dir", str(tmp_path / "ls")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and "--dataset" in result.output
+    assert not (tmp_path / "ls").exists()
+    result = runner.invoke(app, ["annotate", "plan", str(store_copy), "--clear-labels"])
+    assert result.exit_code == 0, result.output
+    assert "imported_labels.json" in result.output
+    assert not any(i.labelled.any() for i in store.load_dataset(store_copy).instances)

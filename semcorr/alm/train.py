@@ -219,7 +219,7 @@ def save_checkpoint(alm: ALM, path: Path) -> Path:
 CHECKPOINT_KEYS = ("format", "round", "backbone", "crop_size", "data_hash", "keypoints", "state_dict")
 
 
-def read_torch_file(path: Path, kind: str) -> object:
+def read_torch_file(path: Path, kind: str, readable: str | None = None) -> object:
     """`torch.load(weights_only=True)` of a file; one-line SemcorrError when it is missing or unreadable.
 
     The errors torch raises for a truncated file, random bytes or a pickle that is not plain
@@ -247,7 +247,8 @@ def read_torch_file(path: Path, kind: str) -> object:
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError, OverflowError,
             MemoryError) as exc:
         reason = f"damaged ({type(exc).__name__})"
-    raise SemcorrError(f"{path}: not a readable {kind} checkpoint: {reason}; train again or pick another file")
+    raise SemcorrError(f"{path}: not a readable {readable or kind + ' checkpoint'}: {reason}; give {article} {kind} "
+                       "checkpoint (train again or pick another file)")
 
 
 def _is_int(value: object) -> bool:
@@ -264,7 +265,7 @@ def load_checkpoint(path: Path) -> ALM:
     from semcorr.alm.model import BACKBONES
 
     path = Path(path)
-    payload = read_torch_file(path, "ALM")
+    payload = read_torch_file(path, "ALM", "checkpoint")
     if not isinstance(payload, dict):
         raise SemcorrError(f"{path}: not an ALM checkpoint (holds a {type(payload).__name__}, not a dict); "
                            "give a file written by `semcorr alm train`")

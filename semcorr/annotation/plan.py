@@ -37,10 +37,10 @@ def plan_images(image_ids: list[int], splits: dict[int, str], manual: float = 0.
     test = np.array([splits.get(int(i)) == "test" for i in ids])
     rng = np.random.default_rng(seed)
     others = rng.permutation(ids[~test])
-    manual_count = max(0, int(round(manual * len(ids))) - int(test.sum()))
+    manual_count = max(0, round(manual * len(ids)) - int(test.sum()))
     chosen = set(ids[test].tolist()) | set(others[:manual_count].tolist())
     rest = others[manual_count:]
-    first_count = int(round(first * len(rest)))
+    first_count = round(first * len(rest))
     first_set = set(rest[:first_count].tolist())
     rows = [{"image_id": int(i), "set": "manual" if i in chosen else ("alm1" if i in first_set else "alm2"),
              "frozen_test": bool(t)} for i, t in zip(ids, test)]

@@ -321,7 +321,7 @@ def labelled_before_round(instance: Instance, round_index: int) -> bool:
 def pck_line(report: dict, alpha: float = 0.1) -> str | None:
     """The report's ALM PCK as one honest line (None when the round had no predictions)."""
     value = report.get("alm_pck_before_review")
-    if value is None or value != value:
+    if value is None or np.isnan(value):
         return None
     where = {"held out": "instances that were unlabelled when pushed (held out: the ALM never trained on them)",
              "not held out": "this round's instances, which were already labelled when pushed (NOT held out: the "

@@ -431,9 +431,9 @@ def selection_report(screened: pd.DataFrame, kept: pd.DataFrame, rejected_units:
         sub = screened[screened["category"] == category]
         kept_sub = kept[kept["category"] == category]
         per_image = kept_sub.groupby("image_id").size()
-        real = sub[~sub["reason"].isin(("bad_record", "unknown_image"))]
+        real = sub[~sub["reason"].isin(("bad_record", "unknown_image", "bad_image_record", "unsafe_file_name"))]
         row = {"category": category, "candidate_images": int(real["image_id"].nunique()),
-               "kept_images": int(per_image.size), "kept_instances": int(len(kept_sub))}
+               "kept_images": int(per_image.size), "kept_instances": len(kept_sub)}
         for reason in RECORD_REASONS + INSTANCE_REASONS:
             row[reason] = int((sub["reason"] == reason).sum())
         units = rejected_units[rejected_units["category"] == category]

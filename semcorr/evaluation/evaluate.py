@@ -22,7 +22,7 @@ import pyarrow as pa
 from semcorr.builders.labels import FLAG_LEVELS, SCALE_LEVELS, VIEWPOINT_LEVELS
 from semcorr.errors import SemcorrError
 from semcorr.evaluation import metrics
-from semcorr.store import Dataset, Instance, read_json
+from semcorr.store import Dataset, Instance
 
 DEFAULT_ALPHAS = (0.05, 0.1, 0.15, 1.0)
 TABLE_NAMES = ("pck_by_category", "pck_by_difficulty", "pck_others_easy", "mpck_by_category")
@@ -321,7 +321,7 @@ def evaluate_misc(dataset: Dataset, pairs: pd.DataFrame, predictions: dict, alph
     sides = np.array(sides, dtype=np.float64)
     scores = pd.DataFrame({"category": pairs["category"].astype(str).to_numpy()})
     for alpha in alphas:
-        tp, fp, fn = metrics.mpck_batch(pred[:, 0], pred[:, 1].astype(np.int64), pred[:, 2:], gt[:, 0],
+        tp, fp, _fn = metrics.mpck_batch(pred[:, 0], pred[:, 1].astype(np.int64), pred[:, 2:], gt[:, 0],
                                         gt[:, 1].astype(np.int64), gt[:, 2:], alpha * sides, len(pairs))
         with np.errstate(invalid="ignore", divide="ignore"):
             scores[f"mPCK@{alpha:g}"] = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0) * 100

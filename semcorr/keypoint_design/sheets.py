@@ -101,7 +101,9 @@ def _is_blank_sheet(path: Path) -> bool:
         text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError):
         return False
-    normalise = lambda t: [line.rstrip() for line in t.strip().splitlines()]  # noqa: E731
+    def normalise(content: str) -> list[str]:
+        return [line.rstrip() for line in content.strip().splitlines()]
+
     return normalise(text) == normalise(voting_sheet_csv())
 
 
