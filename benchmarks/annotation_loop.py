@@ -75,7 +75,8 @@ def main() -> int:
     options = TrainOptions(backbone=args.backbone, pretrained=args.backbone != "scratch", crop_size=args.crop,
                            epochs=args.epochs, batch_size=16, seed=0)
     started = time.perf_counter()
-    running = server.start(Path(tempfile.mkdtemp(prefix="semcorr-ls-")))
+    running = server.start(Path(tempfile.mkdtemp(prefix="semcorr-ls-")),
+                           image_roots=[store.load_dataset(args.out, check_files=False).image_root])
     try:
         client = LabelStudio(running.url, running.token)
         report = run_loop(args.out, truth, client, options, args.manual, args.first, seed=0)

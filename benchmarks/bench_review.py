@@ -65,7 +65,8 @@ def main() -> int:
     truth, predictions = make_store(root, args.tasks)
     running = None
     if args.url is None:
-        running = server.start(work / "label-studio")
+        running = server.start(work / "label-studio",
+                               image_roots=[store.load_dataset(root, check_files=False).image_root])
         args.url, args.token = running.url, running.token
     try:
         client = LabelStudio(args.url, args.token)
