@@ -80,30 +80,34 @@ class RawRle(_Record):
         return value
 
 
-def rle_runs(counts: str) -> list[int] | None:
+def rle_runs(counts: str, limit: int | None = None) -> list[int] | None:
     """Decode COCO's compressed RLE string into run lengths (pycocotools' rleFrString), None if malformed.
 
-    pycocotools decodes without bounds checks, so a string whose runs do not add up to the
-    mask size must be caught here, before it reaches the C code.
+    pycocotools decodes without bounds checks (it reads past the end of a truncated string
+    and writes runs that do not add up to the mask size past its buffer), so every RLE
+    string is checked here, before it reaches the C code. Runs below 0 or above `limit`
+    (the pixel count, when given) are malformed too.
     """
     runs: list[int] = []
-    pos, length = 0, len(counts)
-    while pos < length:
+    position = 0
+    while position < len(counts):
         value, shift, more = 0, 0, True
         while more:
-            if pos >= length:
+            if position >= len(counts) or shift > 35:
                 return None
-            code = ord(counts[pos]) - 48
+            code = ord(counts[position]) - 48
             if not 0 <= code < 64:
                 return None
-            value |= (code & 0x1F) << (5 * shift)
+            value |= (code & 0x1F) << shift
             more = bool(code & 0x20)
-            pos += 1
-            shift += 1
+            position += 1
+            shift += 5
             if not more and code & 0x10:
-                value |= -1 << (5 * shift)
+                value -= 1 << shift
         if len(runs) > 2:
             value += runs[-2]
+        if value < 0 or (limit is not None and value > limit):
+            return None
         runs.append(value)
     return runs
 

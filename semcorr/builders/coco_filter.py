@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
+from semcorr.coco_schema import rle_runs
 from semcorr.errors import SemcorrError
 from semcorr.paths import path_problem
 
@@ -104,36 +105,6 @@ class FilterOptions:
                 raise SemcorrError(f"{option} {value!r}: out of range; {fix}")
 
 
-def _rle_string_runs(counts: str, limit: int) -> list[int] | None:
-    """The runs of a compressed COCO RLE string (pycocotools' `rleFrString`), None if corrupt.
-
-    Checked here because pycocotools reads past the end of a truncated string and turns
-    bad runs into huge unsigned ones (a garbage mask or an out-of-memory kill).
-    """
-    runs: list[int] = []
-    position = 0
-    while position < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(counts) or shift > 35:
-                return None
-            code = ord(counts[position]) - 48
-            if not 0 <= code < 64:
-                return None
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            position += 1
-            shift += 5
-            if not more and code & 0x10:
-                value -= 1 << shift
-        if len(runs) > 2:
-            value += runs[-2]
-        if not 0 <= value <= limit:
-            return None
-        runs.append(value)
-    return runs
-
-
 def segmentation_problem(segmentation, height: int, width: int) -> str | None:
     """Why a COCO segmentation cannot be decoded on a height x width image, or None.
 
@@ -164,7 +135,7 @@ def segmentation_problem(segmentation, height: int, width: int) -> str | None:
             return "RLE counts are not non-negative integers"
         runs = counts
     elif isinstance(counts, str):
-        runs = _rle_string_runs(counts, total)
+        runs = rle_runs(counts, total)
         if runs is None:
             return "RLE counts string is corrupt"
     else:

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from semcorr.builders.labels import FLAG_LEVELS, SCALE_LEVELS, VIEWPOINT_LEVELS
+from semcorr.coco_schema import rle_runs
 from semcorr.errors import SemcorrError
 from semcorr.evaluation import metrics
 from semcorr.store import Dataset, Instance
@@ -101,31 +102,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _rle_string_counts(text: str) -> list[int] | None:
-    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString), None when malformed."""
-    counts: list[int] = []
-    p = 0
-    while p < len(text):
-        x = k = 0
-        more = True
-        while more:
-            if p >= len(text):
-                return None
-            c = ord(text[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
 def mask_problem(mask: object, height: int | None = None, width: int | None = None) -> str | None:
     """Why `mask` is not a COCO polygon list or RLE (of an image `height` x `width`, when given), or None."""
     if isinstance(mask, list):
@@ -146,7 +122,7 @@ def mask_problem(mask: object, height: int | None = None, width: int | None = No
         return f"RLE size {size} differs from the target image's [{height}, {width}]"
     counts = mask.get("counts")
     if isinstance(counts, str):
-        runs = _rle_string_counts(counts)
+        runs = rle_runs(counts)
         if runs is None:
             return "RLE counts: not a compressed COCO RLE string"
     elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
