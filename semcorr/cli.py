@@ -432,9 +432,16 @@ def alm_train(
     round_index: Annotated[int, typer.Option("--round", help="round number (warm-starts from round N-1)")] = 1,
     backbone: Annotated[str, typer.Option(help="efficientnet-lite0 (ImageNet weights) or scratch")] = "efficientnet-lite0",
     crop_size: Annotated[int, typer.Option(parser=number_parser(int, 32, 2048))] = 256,
-    epochs: PositiveInt = 20,
+    epochs: Annotated[int, typer.Option(parser=number_parser(int, 1), help="at most; early stopping ends sooner")] = 60,
     batch_size: PositiveInt = 16,
-    learning_rate: PositiveFloat = 1e-3,
+    learning_rate: Annotated[float, typer.Option(parser=number_parser(float, 1e-8, 1.0),
+                                                 help="AdamW peak rate (warm-up, then cosine)")] = 1e-3,
+    validation_share: Annotated[float, typer.Option(parser=number_parser(float, 0.0, 0.5),
+                                                    help="share of training images for early stopping and "
+                                                         "score calibration (never the test split)")] = 0.15,
+    patience: Annotated[int, typer.Option(parser=number_parser(int, 0),
+                                          help="epochs without a better validation PCK (0: epochs / 4)")] = 0,
+    augment: Annotated[bool, typer.Option(help="scale, rotation, flip with flip pairs, box and colour jitter")] = True,
     seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="checkpoint path (default DATASET/annotation/alm_roundN.pt)")] = None,
 ) -> None:
@@ -442,7 +449,8 @@ def alm_train(
     from semcorr.alm.train import TrainOptions, device
 
     options = TrainOptions(backbone=backbone, crop_size=crop_size, epochs=epochs, batch_size=batch_size,
-                           learning_rate=learning_rate, seed=seed)
+                           learning_rate=learning_rate, validation_share=validation_share, patience=patience,
+                           augment=augment, seed=seed)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err_console, transient=True,
                   disable=not sys.stderr.isatty()) as bar:
@@ -452,6 +460,15 @@ def alm_train(
             progress=lambda step, loss, rate: bar.update(task, advance=1, info=f"loss {loss:.3f} {rate:.0f} crops/s"))
     console.print(f"alm train: round {alm.round}, {count} instances, backbone {alm.backbone}, "
                   f"{'warm start' if warm else 'fresh'}, device {device().type}; wrote {path}")
+    scored = [h for h in alm.history if "val_pck" in h]
+    if scored:
+        best = max(scored, key=lambda h: h["val_pck"])
+        console.print(f"{len(alm.history)} epochs (early stopping), best validation PCK@0.1 {best['val_pck']:.1f} at "
+                      f"epoch {best['epoch'] + 1}; scores calibrated on {alm.calibration.points} validation keypoints"
+                      + ("" if alm.calibration.points >= 20 else " (too few: scores left uncalibrated)"))
+    else:
+        console.print(f"{len(alm.history)} epochs; too few instances for a validation share: no early stopping, "
+                      "scores uncalibrated")
 
 
 @alm_app.command("predict")
@@ -459,9 +476,12 @@ def alm_train(
 def alm_predict(
     dataset: Annotated[Path, typer.Argument(help="dataset directory")],
     checkpoint: Annotated[Path, typer.Option(help="ALM checkpoint")],
-    out: Annotated[Path, typer.Option(help="JSON to write: annotation id -> [[x, y, v, confidence], ...]")],
+    out: Annotated[Path, typer.Option(help="JSON to write: annotation id -> [[x, y, v, score, p_visible], ...] "
+                                           "(score: calibrated probability of lying within 5% of the box's "
+                                           "longer side)")],
     image_set: Annotated[str | None, typer.Option("--set", help="only this plan set (manual, alm1, alm2)")] = None,
-    threshold: Annotated[float, typer.Option(help="visibility confidence for v = 2")] = 0.5,
+    threshold: Annotated[float, typer.Option(help="a keypoint is hidden (v = 0) only below this visibility "
+                                                  "probability")] = 0.35,
 ) -> None:
     """Pre-label instances with a trained ALM."""
     from semcorr import atomic, store
@@ -481,7 +501,7 @@ def alm_predict(
     wanted = set(images_in(load_plan(dataset), image_set)) if image_set else set(data.images)
     members = [i for i in data.instances if i.image_id in wanted]
     predictions = predict(load_checkpoint(checkpoint), data, members, threshold=threshold)
-    atomic.write_json(out, {str(k): np.round(v, 2).tolist() for k, v in sorted(predictions.items())})
+    atomic.write_json(out, {str(k): np.round(v, 3).tolist() for k, v in sorted(predictions.items())})
     console.print(f"alm predict: {len(predictions)} instances -> {out}")
 
 
@@ -509,13 +529,19 @@ def review_push(
     round_index: Annotated[int, typer.Option("--round", help="1 manual, 2 first ALM set, 3 second ALM set")] = 1,
     image_set: Annotated[str | None, typer.Option("--set", help="plan set to push instead: manual, alm1, alm2")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="ALM checkpoint (default: round N-1's)")] = None,
+    auto_accept: Annotated[float | None, typer.Option(
+        "--auto-accept", help="write predicted keypoints whose calibrated score is at least P (in (0, 1]) into the "
+        "store as auto-accepted; reviewers still see them and their action wins (default: off)")] = None,
     url: Annotated[str | None, URL_OPTION] = None,
     token: Annotated[str | None, TOKEN_OPTION] = None,
 ) -> None:
     """Create or update a Label Studio project per category and import the round's tasks."""
-    counts = commands.run_review_push(dataset, round_index, url, token, image_set, checkpoint)
+    counts = commands.run_review_push(dataset, round_index, url, token, image_set, checkpoint, auto_accept)
     console.print(f"review push, round {round_index}: {counts['created']} tasks created, {counts['predictions']} "
                   f"predictions added to existing tasks, {counts['skipped']} already there")
+    if auto_accept is not None:
+        console.print(f"auto-accepted {counts.get('auto_accepted', 0)} keypoints with calibrated score >= "
+                      f"{auto_accept:g} (provenance auto-accepted; still shown to reviewers, whose action wins)")
 
 
 @review_app.command("pull")
@@ -533,11 +559,14 @@ def review_pull(
                   f"{report['drag_p90_px']:.1f} px), discarded {report['discarded']}, added {report['added']}, "
                   f"manual {report['manual']}; acceptance rate {report['acceptance_rate']:.2f}; "
                   f"{changed} keypoints written")
-    from semcorr.annotation.review import pck_line
+    from semcorr.annotation.review import calibration_lines, effort_line, pck_line
 
     line = pck_line(report)
     if line:  # a review round (the ALM's pre-labels were reviewed)
         console.print(line)
+    for line in [*calibration_lines(report), effort_line(report)]:
+        if line:
+            console.print(line)
     for review in reviews:
         for problem in review.problems:
             console.print(f"problem: {problem}")

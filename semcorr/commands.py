@@ -5,6 +5,7 @@ The CLI only parses options, calls one of these and prints the summary they retu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -513,6 +514,19 @@ def annotated_instances(dataset: store.Dataset, image_ids: set[int] | None = Non
     return [i for i in dataset.instances if i.labelled.any() and (image_ids is None or i.image_id in image_ids)]
 
 
+def reviewed_only(instance: store.Instance) -> store.Instance:
+    """A copy without the keypoints no person has looked at (`auto-accepted`): the ALM never learns its own guesses."""
+    provenance = instance.extra_attributes.get("keypoint_provenance") or {}
+    unreviewed = [int(k) for k, entry in provenance.items()
+                  if isinstance(entry, dict) and entry.get("action") == "auto-accepted" and str(k).isdigit()
+                  and int(k) < len(instance.keypoints)]
+    if not unreviewed:
+        return instance
+    keypoints = instance.keypoints.copy()
+    keypoints[unreviewed] = (np.nan, np.nan, 0)
+    return dataclasses.replace(instance, keypoints=keypoints)
+
+
 def alm_checkpoint_path(root: Path, round_index: int) -> Path:
     """Where round N's ALM checkpoint lives in the dataset directory."""
     return Path(root) / "annotation" / f"alm_round{round_index}.pt"
@@ -524,7 +538,8 @@ def run_alm_train(root: Path, round_index: int, options, out: Path | None = None
 
     dataset = store.load_dataset(root)
     splits = store.load_splits(root) if (Path(root) / store.SPLITS_FILE).exists() else {}
-    training = [i for i in annotated_instances(dataset) if splits.get(i.image_id) != "test"]
+    training = [i for i in (reviewed_only(inst) for inst in annotated_instances(dataset))
+                if splits.get(i.image_id) != "test" and i.labelled.any()]
     previous = alm_checkpoint_path(root, round_index - 1)
     init = load_checkpoint(previous) if round_index > 1 and previous.exists() else None
     alm = train(dataset, training, options, round_index=round_index, init=init, progress=progress)
@@ -553,17 +568,25 @@ REVIEW_SETS = {1: "manual", 2: "alm1", 3: "alm2"}
 
 
 def run_review_push(root: Path, round_index: int, url: str | None, token: str | None,
-                    image_set: str | None = None, checkpoint: Path | None = None) -> dict[str, int]:
+                    image_set: str | None = None, checkpoint: Path | None = None,
+                    auto_accept: float | None = None) -> dict[str, int]:
     """Push a round's images to Label Studio: round 1 empty (manual), later rounds with ALM predictions.
 
     The images are the plan's set for the round (1 manual, 2 alm1, 3 alm2) unless `image_set`
     names one; predictions come from `checkpoint`, by default the round N-1 ALM.
+
+    `auto_accept` P (off when None): once the tasks are pushed, every predicted visible keypoint
+    whose calibrated score is at least P is written into the store as `auto-accepted` (round,
+    annotator "alm", score), unless a person already placed or decided it; it stays in the pushed
+    predictions, so reviewers see it and can correct it (their action wins at pull). The counts
+    then include `auto_accepted`.
     """
     from semcorr.alm.train import load_checkpoint, predict
     from semcorr.annotation import review
     from semcorr.annotation.labelstudio import LabelStudio
     from semcorr.annotation.plan import check_splits, images_in, load_plan, record_push
 
+    auto_accept = review.check_auto_accept(auto_accept)
     client = LabelStudio.from_env(url, token)
     dataset = store.load_dataset(root)
     plan = load_plan(root)
@@ -572,15 +595,24 @@ def run_review_push(root: Path, round_index: int, url: str | None, token: str | 
     chosen = image_set or REVIEW_SETS.get(round_index, "alm2")
     image_ids = images_in(plan, chosen)
     members = [i for i in dataset.instances if i.image_id in set(image_ids)]
+    if auto_accept is not None and chosen == "manual":
+        raise SemcorrError(f"--auto-accept {auto_accept:g}: round {round_index} pushes the manual set, which has no "
+                           "ALM predictions to accept; leave --auto-accept out for it")
     predictions = None
     if chosen != "manual":
         path = checkpoint or alm_checkpoint_path(root, round_index - 1)
         alm = load_checkpoint(path)
         predictions = predict(alm, dataset, members)
-    counts = review.push(client, root, dataset, image_ids, round_index, predictions)
     # instances already labelled (other than by this round's own review) may be in the ALM's training data
-    record_push(root, round_index, image_ids,
-                [i.id for i in members if review.labelled_before_round(i, round_index)])
+    prelabelled = [i.id for i in members if review.labelled_before_round(i, round_index)]
+    counts = review.push(client, root, dataset, image_ids, round_index, predictions)
+    accepted_info = None
+    if auto_accept is not None and predictions is not None:  # the store changes only once the push succeeded
+        counts["auto_accepted"] = review.apply_auto_accept(dataset, predictions, auto_accept, round_index)
+        if counts["auto_accepted"]:
+            store.save_dataset(dataset, root)
+        accepted_info = {"threshold": auto_accept, "keypoints": counts["auto_accepted"]}
+    record_push(root, round_index, image_ids, prelabelled, auto_accept=accepted_info)
     return counts
 
 

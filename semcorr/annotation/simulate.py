@@ -1,8 +1,9 @@
 """A simulated reviewer that answers pushed rounds through Label Studio's HTTP API from known
 truth, and the whole MISC210K loop driven with it (manual round, ALM, two review rounds).
 
-The reviewer behaves like a careful person: a predicted keypoint within `accept_fraction` of
-the box's longer side from the truth is left where it is (accepted), a farther one is moved
+The reviewer behaves like a careful person: a predicted keypoint within `accept_fraction` (by
+default ACCEPT_RADIUS, 5%, the radius the ALM's scores are calibrated to) of the box's longer
+side from the truth is left where it is (accepted), a farther one is moved
 onto the truth (dragged), one that is not visible in the truth is deleted (discarded), and a
 visible keypoint the ALM missed is added. In a manual round every visible keypoint is placed.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from semcorr.annotation.labelstudio import LabelStudio
-from semcorr.annotation.review import find_project, instance_regions, project_title
+from semcorr.annotation.review import ACCEPT_RADIUS, find_project, instance_regions, project_title
 from semcorr.store import Category, Dataset, ImageInfo, Instance
 
 
@@ -65,7 +66,7 @@ def reviewed_result(predicted: list[dict], truth: list[Instance], category: Cate
 
 
 def review_round(client: LabelStudio, root: Path, truth: Dataset, round_index: int,
-                 accept_fraction: float = 0.05) -> Counter:
+                 accept_fraction: float = ACCEPT_RADIUS) -> Counter:
     """Answer every unannotated task of a round from `truth`; returns the actions submitted."""
     version = f"alm-round-{round_index}"
     actions: Counter = Counter()
@@ -96,19 +97,22 @@ class LoopReport:
 
 
 def run_loop(root: Path, truth: Dataset, client: LabelStudio, train_options, manual: float = 0.4,
-             first: float = 0.3, seed: int = 0, accept_fraction: float = 0.05, progress=None) -> LoopReport:
+             first: float = 0.3, seed: int = 0, accept_fraction: float = ACCEPT_RADIUS, progress=None,
+             auto_accept: float | None = None) -> LoopReport:
     """Plan, manual round, ALM round 1, review round 2, retrain, review round 3, retrain.
 
     `root` must hold the unlabelled store (see `unlabelled`) with its splits; `truth` is what
     the simulated reviewer labels with. After each training the ALM is evaluated on the
-    held-out (test) instances, beside the mean-shape baseline.
+    held-out (test) instances, beside the mean-shape baseline. `auto_accept` is `review push
+    --auto-accept` for the review rounds (2 and 3).
     """
     from semcorr import commands
 
     report = LoopReport()
     commands.run_annotate_plan(root, manual, first, seed)
     for round_index in (1, 2, 3):
-        pushed = commands.run_review_push(root, round_index, client.url, client.token)
+        pushed = commands.run_review_push(root, round_index, client.url, client.token,
+                                          auto_accept=auto_accept if round_index > 1 else None)
         submitted = review_round(client, root, truth, round_index, accept_fraction)
         pulled, _, changed = commands.run_review_pull(root, round_index, client.url, client.token)
         report.rounds.append({"round": round_index, "pushed": pushed, "submitted": dict(submitted),

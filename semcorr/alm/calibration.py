@@ -1,0 +1,73 @@
+"""Scores that mean something, and when to stop: Platt calibration, reliability, early stopping.
+
+A keypoint's raw location score is the heatmap probability mass within the reviewer's
+acceptance radius (5% of the box's longer side, as the simulated reviewer uses). Platt
+scaling on the validation share turns it into the measured probability that the point lies
+within that radius, so a score threshold means a predicted acceptance rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+ACCEPT_RADIUS = 0.05  # share of the box's longer side
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """p(hit) = sigmoid(a * logit(raw) + b); the identity (a=1, b=0) when too few points were seen."""
+
+    a: float = 1.0
+    b: float = 0.0
+    points: int = 0
+    radius: float = ACCEPT_RADIUS
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.a * _logit(raw) + self.b)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"a": float(self.a), "b": float(self.b), "points": int(self.points), "radius": float(self.radius)}
+
+
+def _logit(raw: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(raw, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(clipped / (1 - clipped))
+
+
+def fit_platt(raw: np.ndarray, hit: np.ndarray, min_points: int = 20) -> Calibration:
+    """Fit a, b by maximum likelihood of `hit` (bool) given `raw` scores in (0, 1)."""
+    raw, hit = np.asarray(raw, dtype=np.float64), np.asarray(hit, dtype=np.float64)
+    if len(raw) < min_points or hit.min() == hit.max():
+        return Calibration(points=len(raw))
+    x = _logit(raw)
+
+    def loss(params: np.ndarray) -> float:
+        z = params[0] * x + params[1]
+        return float(np.mean(np.logaddexp(0, z) - hit * z) + 1e-4 * params[0] ** 2)
+
+    result = minimize(loss, np.array([1.0, 0.0]), method="L-BFGS-B")
+    return Calibration(a=float(result.x[0]), b=float(result.x[1]), points=len(raw))
+
+
+def reliability(probability: np.ndarray, hit: np.ndarray, bins: int = 5) -> list[dict[str, float]]:
+    """Predicted against actual hit rate in equal-width probability bins (non-empty bins only)."""
+    probability, hit = np.asarray(probability, dtype=np.float64), np.asarray(hit, dtype=bool)
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(probability, edges) - 1, 0, bins - 1)
+    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "count": int((index == b).sum()),
+             "predicted": float(probability[index == b].mean()), "actual": float(hit[index == b].mean())}
+            for b in range(bins) if (index == b).any()]
+
+
+def best_epoch(scores: list[float], patience: int) -> tuple[int, bool]:
+    """The epoch (0-based) with the highest validation score so far, and whether to stop now.
+
+    Ties keep the earlier epoch; stop when `patience` epochs have passed without a new best.
+    """
+    if not scores:
+        return -1, False
+    best = int(np.argmax(scores))
+    return best, len(scores) - 1 - best >= patience
