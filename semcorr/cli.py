@@ -480,8 +480,9 @@ def alm_predict(
                                            "(score: calibrated probability of lying within 5% of the box's "
                                            "longer side)")],
     image_set: Annotated[str | None, typer.Option("--set", help="only this plan set (manual, alm1, alm2)")] = None,
-    threshold: Annotated[float, typer.Option(help="a keypoint is hidden (v = 0) only below this visibility "
-                                                  "probability")] = 0.35,
+    threshold: Annotated[float, typer.Option(help="a keypoint is hidden (v = 0) only below this calibrated "
+                                                  "visibility probability (1/3: a wrongly hidden point costs "
+                                                  "the reviewer two clicks, a wrongly shown one a click)")] = 1 / 3,
 ) -> None:
     """Pre-label instances with a trained ALM."""
     from semcorr import atomic, store

@@ -158,7 +158,11 @@ def test_where_and_whether_are_kept_apart(tiny_alm):
         assert (unsure[key][:, 3] < 1e-6).all()  # location score collapsed ...
         assert np.array_equal(unsure[key][:, 2], sure[key][:, 2])  # ... visibility untouched
         confident = sure[key][:, 4] >= 0.35
-        assert (sure[key][confident, 2] == 2).all() and (sure[key][~confident, 2] == 0).all()
+        assert (sure[key][confident, 2] == 2).all()
+        assert (sure[key][~confident, 2] == (0 if alm.visibility_calibration.points else 2)).all()
+    never_validated = ALM(**{**alm.__dict__, "visibility_calibration": Calibration()})
+    shown = predict(never_validated, dataset, instances[:10], threshold=0.99)
+    assert all((row[:, 2] == 2).all() for row in shown.values())  # an unvalidated head hides nothing
 
 
 def test_the_alm_never_trains_on_its_own_auto_accepted_points():

@@ -72,6 +72,7 @@ class ALM:
     data_hash: str
     flip_pairs: dict[str, list[list[int]]] = field(default_factory=dict)
     calibration: Calibration = field(default_factory=Calibration)
+    visibility_calibration: Calibration = field(default_factory=Calibration)
     history: list[dict[str, float]] = field(default_factory=list)
     shape_prior: dict[str, dict[str, list]] = field(default_factory=dict)
 
@@ -295,7 +296,19 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     if validation:
         raw, hit = location_scores(partial, dataset, validation)
         partial.calibration = fit_platt(raw, hit)
+        raw_visible, truly_visible = visibility_scores(partial, dataset, validation)
+        partial.visibility_calibration = fit_platt(raw_visible, truly_visible)
     return partial
+
+
+def visibility_scores(alm: ALM, dataset: Dataset, instances: list[Instance]) -> tuple[np.ndarray, np.ndarray]:
+    """The visibility head's raw probabilities of every keypoint and whether it is truly visible."""
+    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test=True, batch_size=32)
+    scores = [raw_predictions[i.id][2] for i in instances if i.id in raw_predictions]
+    truth = [i.visible for i in instances if i.id in raw_predictions]
+    if not scores:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    return np.concatenate(scores), np.concatenate(truth)
 
 
 @torch.no_grad()
@@ -371,7 +384,9 @@ def location_scores(alm: ALM, dataset: Dataset, instances: list[Instance]) -> tu
     return np.concatenate(scores), np.concatenate(hits)
 
 
-HIDE_THRESHOLD = 0.35
+# Hiding a visible point costs the reviewer 2 clicks (place it, name it); showing a point that is not
+# visible costs 1 (discard it). So a point is hidden only when P(visible) < 1/3.
+HIDE_THRESHOLD = 1 / 3
 
 
 def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: float = HIDE_THRESHOLD,
@@ -381,14 +396,18 @@ def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: fl
 
     Where and whether are kept apart: the location score is the calibrated probability that
     the point lies within the acceptance radius (5% of the box's longer side); visibility is 2
-    unless the visibility probability is below `threshold`, whatever the location's certainty.
+    unless the calibrated visibility probability is below `threshold`, whatever the location's
+    certainty. An ALM whose visibility head was never validated (too few training instances
+    for a validation share) hides nothing.
     """
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
         raise SemcorrError(f"threshold {threshold!r}: must be a finite number in [0, 1]")
     raw_predictions = _raw_predictions(alm, dataset, instances, flip_test, batch_size, keep_device, shape_prior)
     out = {}
+    validated = alm.visibility_calibration.points > 0
     for inst_id, (xy, score, seen) in raw_predictions.items():
-        visibility = np.where(seen >= threshold, 2.0, 0.0)
+        seen = alm.visibility_calibration(seen) if validated else seen
+        visibility = np.where((seen >= threshold) | (not validated), 2.0, 0.0)
         out[inst_id] = np.column_stack([xy, visibility, alm.calibration(score), seen])
     return out
 
@@ -438,7 +457,9 @@ def save_checkpoint(alm: ALM, path: Path) -> Path:
 
     payload = {"format": FORMAT, "round": alm.round, "backbone": alm.backbone, "crop_size": alm.crop_size,
                "data_hash": alm.data_hash, "keypoints": alm.keypoints, "flip_pairs": alm.flip_pairs,
-               "calibration": alm.calibration.to_dict(), "history": alm.history, "shape_prior": alm.shape_prior,
+               "calibration": alm.calibration.to_dict(),
+               "visibility_calibration": alm.visibility_calibration.to_dict(), "history": alm.history,
+               "shape_prior": alm.shape_prior,
                "state_dict": {k: v.detach().cpu() for k, v in alm.model.state_dict().items()}}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -529,11 +550,12 @@ def load_checkpoint(path: Path) -> ALM:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         problems.append("state_dict must map names to tensors")
-    calibration = payload.get("calibration", {})
-    if not isinstance(calibration, dict) or not all(
-            isinstance(calibration.get(k, 0), int | float) and math.isfinite(calibration.get(k, 0))
-            for k in ("a", "b", "points", "radius")):
-        problems.append("calibration must map a, b, points, radius to finite numbers")
+    for key in ("calibration", "visibility_calibration"):
+        calibration = payload.get(key, {})
+        if not isinstance(calibration, dict) or not all(
+                isinstance(calibration.get(k, 0), int | float) and math.isfinite(calibration.get(k, 0))
+                for k in ("a", "b", "points", "radius")):
+            problems.append(f"{key} must map a, b, points, radius to finite numbers")
     if problems:
         raise SemcorrError(f"{path}: damaged ALM checkpoint: {problems[0]}; train again")
     model = KeypointNet({k: len(v) for k, v in keypoints.items()}, payload["backbone"], pretrained=False)
@@ -545,9 +567,12 @@ def load_checkpoint(path: Path) -> ALM:
                            f"({' '.join(first.split())[:160]}); train again") from None
     model.eval()
     calibration = payload.get("calibration") or {}
+    visibility = payload.get("visibility_calibration") or {}
     return ALM(model=model, keypoints=keypoints, backbone=payload["backbone"],
                crop_size=payload["crop_size"], round=payload["round"], data_hash=payload["data_hash"],
                flip_pairs=payload.get("flip_pairs") or {},
                calibration=Calibration(**{k: calibration[k] for k in ("a", "b", "points", "radius")
                                           if k in calibration}),
+               visibility_calibration=Calibration(**{k: visibility[k] for k in ("a", "b", "points", "radius")
+                                                     if k in visibility}),
                history=list(payload.get("history") or []), shape_prior=dict(payload.get("shape_prior") or {}))
