@@ -184,3 +184,15 @@ def test_every_lite_backbone_loads_its_wheel_weights_exactly(backbone):
     model = KeypointNet({"p": 17}, backbone, pretrained=True)
     heat, visible = model(torch.zeros(1, 3, 128, 128), "p")
     assert heat.shape == (1, 17, 32, 32) and visible.shape == (1, 17)
+
+
+@pytest.mark.parametrize(("p_visible", "visible", "expected"), [
+    ([0.1, 0.2, 0.9, 0.8], [False, False, True, True], True),    # hides the two invisible ones: 0 vs 2 clicks
+    ([0.1, 0.2, 0.9, 0.8], [True, False, True, True], False),    # one wrong hide costs 2 + 0 = 2, not < 1
+    ([0.9, 0.9, 0.9], [True, True, False], False),                # hides nothing: 1 vs 1, no saving
+    ([], [], False),
+])
+def test_hiding_is_kept_only_when_it_saves_clicks(p_visible, visible, expected):
+    from semcorr.alm.train import hiding_saves_clicks
+
+    assert hiding_saves_clicks(np.array(p_visible), np.array(visible, dtype=bool)) is expected
