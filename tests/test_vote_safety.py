@@ -18,18 +18,10 @@ from semcorr.errors import SemcorrError
 from semcorr.keypoint_design.sheets import voting_sheet_csv
 from semcorr.keypoint_schema import load_schema, parse_axes, parse_axis
 from semcorr.synth.prototypes import builtin_prototype
+from tests.test_eval_inputs import assert_one_line_error as one_line_error
 
 runner = CliRunner()
 SIZE = ["--size", "128"]
-
-
-def one_line_error(result, fragment: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

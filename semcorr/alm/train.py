@@ -294,9 +294,8 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     model.eval()
     partial.model, partial.history = model.cpu(), history
     if validation:
-        raw, hit = location_scores(partial, dataset, validation)
+        raw, hit, raw_visible, truly_visible = validation_scores(partial, dataset, validation)
         partial.calibration = fit_platt(raw, hit)
-        raw_visible, truly_visible = visibility_scores(partial, dataset, validation)
         visibility = fit_platt(raw_visible, truly_visible)
         if hiding_saves_clicks(visibility(raw_visible), truly_visible):
             partial.visibility_calibration = visibility
@@ -309,16 +308,6 @@ def hiding_saves_clicks(p_visible: np.ndarray, truly_visible: np.ndarray, thresh
     hide = p_visible < threshold
     with_rule = 2 * int((hide & truly_visible).sum()) + int((~hide & ~truly_visible).sum())
     return bool(len(p_visible)) and with_rule < int((~truly_visible).sum())
-
-
-def visibility_scores(alm: ALM, dataset: Dataset, instances: list[Instance]) -> tuple[np.ndarray, np.ndarray]:
-    """The visibility head's raw probabilities of every keypoint and whether it is truly visible."""
-    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test=True, batch_size=32)
-    scores = [raw_predictions[i.id][2] for i in instances if i.id in raw_predictions]
-    truth = [i.visible for i in instances if i.id in raw_predictions]
-    if not scores:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    return np.concatenate(scores), np.concatenate(truth)
 
 
 @torch.no_grad()
@@ -377,21 +366,26 @@ def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip
     return out
 
 
-def location_scores(alm: ALM, dataset: Dataset, instances: list[Instance]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw location scores of the truly visible keypoints and whether each lies within the acceptance radius."""
+def validation_scores(alm: ALM, dataset: Dataset, instances: list[Instance]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From one prediction pass: raw location scores of the truly visible keypoints and whether each
+    lies within the acceptance radius; raw visibility probabilities of all keypoints and the truth."""
     raw_predictions = _raw_predictions(alm, dataset, instances, flip_test=True, batch_size=32)
-    scores, hits = [], []
+    scores, hits, seen, truth = [], [], [], []
     for inst in instances:
         if inst.id not in raw_predictions:
             continue
-        xy, score, _ = raw_predictions[inst.id]
-        truth = inst.visible
-        distance = np.linalg.norm(xy[truth] - inst.keypoints[truth, :2], axis=1)
-        scores.append(score[truth])
+        xy, score, visible = raw_predictions[inst.id]
+        shown = inst.visible
+        distance = np.linalg.norm(xy[shown] - inst.keypoints[shown, :2], axis=1)
+        scores.append(score[shown])
         hits.append(distance <= alm.calibration.radius * max(inst.bbox[2], inst.bbox[3]))
+        seen.append(visible)
+        truth.append(shown)
     if not scores:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    return np.concatenate(scores), np.concatenate(hits)
+        empty = np.zeros(0)
+        return empty, empty.astype(bool), empty, empty.astype(bool)
+    return np.concatenate(scores), np.concatenate(hits), np.concatenate(seen), np.concatenate(truth)
 
 
 # Hiding a visible point costs the reviewer 2 clicks (place it, name it); showing a point that is not
