@@ -17,6 +17,8 @@ for pkg in libegl1 libgl1 libopengl0 libegl-mesa0 libgl1-mesa-dri; do
 done
 PY="${PYTHON:-python3}"
 "$PY" -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=("python3-venv")
+# chromium: the report's browser test opens the page in a real headless browser (no download at test time)
+command -v chromium >/dev/null 2>&1 || missing+=("chromium")
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt_install "${missing[@]}"
@@ -28,5 +30,5 @@ fi
 # requirement would pull a multi-GB CUDA build)
 .venv/bin/python -c "import torch" >/dev/null 2>&1 || \
   .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[test,torch]'
+.venv/bin/python -m pip install -q -e '.[test,torch,ray]'  # ray: `--engine ray`, tested in CI
 echo "setup: ready (.venv/bin/semcorr)"

@@ -59,6 +59,10 @@ Seed = Annotated[int, typer.Option(parser=number_parser(int, 0, 2**32 - 1), help
 Rate = Annotated[float, typer.Option(parser=number_parser(float, 0.0, 1.0), help="a share in [0, 1]")]
 PositiveInt = Annotated[int, typer.Option(parser=number_parser(int, 1))]
 PositiveFloat = Annotated[float, typer.Option(parser=number_parser(float, 1e-12))]
+EngineName = Annotated[str, typer.Option(help="where the parallel steps run: local (default) or ray "
+                                              "(pip install 'semcorr[ray]'); the outputs are the same")]
+Address = Annotated[str | None, typer.Option(help="--engine ray: an existing Ray cluster (host:port, "
+                                                  "ray://host:port or auto); default: start Ray here")]
 
 
 def fail(message: str) -> None:
@@ -117,9 +121,14 @@ def synth(
     truncation_rate: Rate = 0.25,
     occlusion_rate: Rate = 0.3,
     seed: Seed = 0,
+    engine: EngineName = "local",
+    address: Address = None,
 ) -> None:
     """Render an annotated SPair-style image set from 3D prototypes."""
+    from semcorr.engine import Engine
     from semcorr.synth.generate import SynthOptions
+
+    runner = Engine(kind=engine, address=address)
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
@@ -132,7 +141,7 @@ def synth(
     options = SynthOptions(images_per_category=images_per_category, width=width, height=height,
                            truncation_rate=truncation_rate, occlusion_rate=occlusion_rate, seed=seed)
     with progress_bar("rendering", len(prototypes) * images_per_category) as advance:
-        dataset = commands.run_synth(out, prototypes, options, progress=advance)
+        dataset = commands.run_synth(out, prototypes, options, progress=advance, engine=runner)
     table = dataset.instance_table()
     summary = table.groupby("category").agg(images=("image_id", "count"), truncated=("truncated", "sum"),
                                             occluded=("occluded", "sum"), mean_visible_kps=("num_visible", "mean"))
@@ -155,13 +164,18 @@ def coco_filter(
     min_fill: float = 0.2,
     max_images: int = 300,
     seed: Seed = 0,
+    engine: EngineName = "local",
+    address: Address = None,
 ) -> None:
     """Curate COCO images MISC-style: 1-4 clean instances per image, balanced counts."""
     from semcorr.builders.coco_filter import FilterOptions
+    from semcorr.engine import Engine
 
+    runner = Engine(kind=engine, address=address)
     options = FilterOptions(min_area=min_area, max_border_cut=max_border_cut, min_fill=min_fill,
                             max_images=max_images, seed=seed)
-    result = commands.run_coco_filter(instances, images, out, category or None, keypoints, options, schema)
+    result = commands.run_coco_filter(instances, images, out, category or None, keypoints, options, schema,
+                                      engine=runner)
     from semcorr.builders.coco_filter import IMAGE_REASONS, INSTANCE_REASONS, RECORD_REASONS
 
     report = result.report
@@ -249,17 +263,76 @@ def stats(
         console.print(f"wrote {path}")
 
 
+show_app = typer.Typer(no_args_is_help=True, help="Draw a pair or an image with its annotations (PNG).")
+app.add_typer(show_app, name="show")
+
+
+@show_app.command("pair")
+@handles_errors
+def show_pair(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with pairs.parquet, or an SPair-layout export")],
+    pair_id: Annotated[int, typer.Argument(parser=number_parser(int, 0), help="the pair's pair_id")],
+    out: Annotated[Path | None, typer.Option(help="PNG to write (default ./pair_<id>.png)")] = None,
+    height: Annotated[int | None, typer.Option(parser=number_parser(int, 32, 4096),
+                                               help="image height in the drawing (default: the taller image's)")] = None,
+) -> None:
+    """Source and target side by side, correspondences joined by lines, boxes, masks, difficulty labels."""
+    console.print(f"wrote {commands.run_show_pair(dataset, pair_id, out, height)}")
+
+
+@show_app.command("image")
+@handles_errors
+def show_image(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    image_id: Annotated[int, typer.Argument(parser=number_parser(int, 0), help="the image's id")],
+    out: Annotated[Path | None, typer.Option(help="PNG to write (default ./image_<id>.png)")] = None,
+) -> None:
+    """Keypoints with names and skeleton, visibility and provenance as marker styles, boxes, masks, flags."""
+    console.print(f"wrote {commands.run_show_image(dataset, image_id, out)}")
+
+
+@app.command()
+@handles_errors
+def report(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    out: Annotated[Path | None, typer.Option(help="report folder, outside the dataset (default "
+                                                  "./<dataset>-report; replaced if it is an earlier report)")] = None,
+    max_pairs_per_cell: Annotated[int, typer.Option(parser=number_parser(int, 0),
+                                                    help="sample pairs drawn per category and difficulty level")] = 2,
+    qc: Annotated[Path | None, typer.Option(help="`semcorr qc` suspects CSV (or its folder) to list")] = None,
+    qc_rows: PositiveInt = 20,
+    schema_dir: Annotated[list[Path], typer.Option(help="vote-keypoints output folder whose contact sheets to "
+                                                        "show (repeatable)")] = [],  # noqa: B006
+    thumbnail_height: Annotated[int, typer.Option(parser=number_parser(int, 32, 2048))] = 150,
+    seed: Seed = 0,
+) -> None:
+    """One offline HTML page: counts, Tables 1-2, Figures 1-2, sample pairs per difficulty, schemas, rounds, QC."""
+    from semcorr.viewers.report import ReportOptions
+
+    options = ReportOptions(max_pairs_per_cell=max_pairs_per_cell, seed=seed, thumbnail_height=thumbnail_height,
+                            qc=qc, qc_rows=qc_rows, schema_dirs=tuple(schema_dir))
+    with progress_bar("drawing sample pairs", None) as advance:
+        summary = commands.run_report(dataset, out, options, progress=advance)
+    console.print(f"report: {summary.pairs_drawn} sample pairs and {summary.images_drawn} images drawn; sections: "
+                  f"{', '.join(summary.sections)}")
+    console.print(f"wrote {summary.path} (open it in a browser; it needs no server)")
+
+
 @export_app.command("spair")
 @handles_errors
 def export_spair(
     dataset: Annotated[Path, typer.Argument(help="dataset directory with pairs.parquet")],
     out: Annotated[Path, typer.Argument(help="export directory (replaced if it exists)")],
+    allow_over_30: Annotated[bool, typer.Option("--allow-over-30", help="export categories with more than 30 "
+                                                "keypoints (common SPair loaders keep 30)")] = False,
 ) -> None:
     """The SPair-71k layout: JPEGImages, ImageAnnotation, PairAnnotation, Layout, Segmentation."""
     import pandas as pd
 
     with progress_bar("writing pairs", None) as advance:
-        report = commands.run_export_spair(dataset, out, progress=advance)
+        report = commands.run_export_spair(dataset, out, progress=advance, allow_over_30=allow_over_30)
+    for warning in report.warnings:
+        console.print(f"warning: {warning}")
     counts = pd.DataFrame([report.pairs_per_split], index=["pairs"])
     print_table(f"export spair: {report.images} images", counts)
     console.print(f"wrote {report.root}")
@@ -276,23 +349,29 @@ def vote_keypoints(
     votes: Annotated[Path | None, typer.Option(help="votes CSV: annotator,view,scheme,saliency,completeness,"
                                                      "uniformity")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default ./<category>-keypoints)")] = None,
-    up_axis: Annotated[str, typer.Option(help="the mesh's up axis")] = "+y",
-    front_axis: Annotated[str, typer.Option(help="the mesh's front axis")] = "+z",
+    up_axis: Annotated[str, typer.Option(help="the mesh's up axis (+x ... -z), or auto: the side it rests on "
+                                              "flat; check axes.png")] = "+y",
+    front_axis: Annotated[str | None, typer.Option(help="the mesh's front axis (+x ... -z), or auto: across the "
+                                                        "mirror plane [default: +z, auto with --up-axis auto]")] = None,
     size: Annotated[int, typer.Option(min=64, help="view size in pixels")] = 512,
     max_candidates: Annotated[int, typer.Option(min=1, help="candidates per scheme")] = 24,
     threshold: Annotated[float, typer.Option(help="a scheme is chosen in a view above this total")] = 0.5,
-    merge_distance: Annotated[float, typer.Option(help="merge radius, prototype longest side = 1")] = 0.06,
+    max_keypoints: Annotated[int, typer.Option(help="most keypoints (SPair-71k has at most 30)")] = 30,
+    min_spacing: Annotated[float, typer.Option(help="no two keypoints closer, prototype longest side = 1")] = 0.1,
     seed: Seed = 0,
 ) -> None:
-    """Design a category's keypoints on its 3D prototype: three schemes, six views, scored votes.
+    """Design a category's keypoints on its 3D prototype: three schemes, six views, scored votes; at most
+    --max-keypoints, --min-spacing apart, mirror-paired on a symmetric object.
 
     A filled voting sheet is never overwritten: the votes used are copied to votes_used.csv, and the
     blank template goes to voting_sheet_blank.csv when voting_sheet.csv holds votes."""
-    from semcorr.keypoint_design.design import DesignOptions, design_keypoints
+    from semcorr.keypoint_design.design import AUTO, DesignOptions, design_keypoints
     from semcorr.keypoint_design.views import VIEW_NAMES
 
+    if front_axis is None:
+        front_axis = AUTO if up_axis.strip().lower() == AUTO else "+z"
     options = DesignOptions(up_axis=up_axis, front_axis=front_axis, size=size, max_candidates=max_candidates,
-                            threshold=threshold, merge_distance=merge_distance, seed=seed)
+                            threshold=threshold, max_keypoints=max_keypoints, min_spacing=min_spacing, seed=seed)
     out = out or Path(f"{category}-keypoints")
     with progress_bar("vote-keypoints", 8) as advance:
         result = design_keypoints(mesh, category, out, votes, options, progress=lambda _step: advance(1))
@@ -308,13 +387,21 @@ def vote_keypoints(
                 shown += f" (auto {cell['auto_total']:.2f})"
             row[scheme] = shown
         row["keypoints"] = sum(view in extra["views"] for extra in result.schema.keypoint_extra)
+        row["seen"] = sum(view in extra["visible_in"] for extra in result.schema.keypoint_extra)
+        row["coverage"] = f"{result.coverage.get(view, 0.0):.0%}"
         summary.append(row)
     import pandas as pd
 
-    print_table("vote-keypoints: weighted totals per view and scheme (* chosen)",
+    print_table(f"vote-keypoints: weighted totals per view and scheme (* chosen); keypoints proposed by / seen "
+                f"in each view; coverage: surface seen there within {options.coverage_radius:g} of a keypoint",
                 pd.DataFrame(summary).set_index("view"))
+    if result.saliency:
+        console.print("automatic saliency of the visible candidates (rank of corner strength): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in result.saliency.items()))
     for criterion, alpha in result.agreement.items():
-        console.print(f"agreement ({criterion}): Krippendorff's alpha = {alpha:.2f}")
+        shown = ("needs two annotators" if result.annotators < 2
+                 else "undefined (no variation)" if math.isnan(alpha) else f"{alpha:.2f}")
+        console.print(f"agreement ({criterion}): Krippendorff's alpha {shown}")
     flagged = scores.index[scores.get("vote_disagree", pd.Series(False, index=scores.index)).fillna(False)
                            .astype(bool)].tolist()
     if flagged:
@@ -356,6 +443,77 @@ def export_misc(
     console.print(f"wrote {out}")
 
 
+import_app = typer.Typer(no_args_is_help=True, help="Import pose-tool labels (SLEAP, DeepLabCut, NWB, Label Studio).")
+app.add_typer(import_app, name="import")
+
+
+def _print_interchange(report) -> None:
+    """Counts, then one line per file on what the format could not hold."""
+    console.print(f"{report.images:,} images, {report.instances:,} instances, {report.keypoints:,} labelled keypoints")
+    for line in report.losses:
+        console.print(f"not kept: {line}")
+    console.print(f"wrote {report.path}")
+
+
+def _import(fmt: str, source: Path, dataset: Path, **options) -> None:
+    _print_interchange(commands.run_import(fmt, source, dataset, **options))
+
+
+ImportSource = Annotated[Path, typer.Argument(help="file or project to import")]
+ImportTarget = Annotated[Path, typer.Argument(help="dataset directory to create (an earlier import is replaced; "
+                                                    "a dataset with annotation work never is)")]
+
+
+def _register_import(fmt: str, summary: str) -> None:
+    """Add `semcorr import FMT SOURCE DATASET` (formats that need no options)."""
+
+    def command(source: ImportSource, dataset: ImportTarget) -> None:
+        _import(fmt, source, dataset)
+
+    command.__doc__ = summary
+    import_app.command(fmt)(handles_errors(command))
+
+
+_register_import("sleap", "A SLEAP .slp file (user instances; one category per skeleton).")
+_register_import("dlc", "A DeepLabCut project (config.yaml or its folder), or a folder of projects (one category "
+                        "each).")
+_register_import("nwb", "An NWB file with ndx-pose training annotations.")
+
+
+@import_app.command("labelstudio")
+@handles_errors
+def import_labelstudio(
+    source: ImportSource,
+    dataset: ImportTarget,
+    images: Annotated[Path, typer.Option(help="folder holding the tasks' images")],
+    config: Annotated[Path | None, typer.Option(help="labelling config XML: keypoint order")] = None,
+    category: Annotated[str, typer.Option(help="category of keypoints outside any box")] = "object",
+) -> None:
+    """A Label Studio JSON export of keypoint tasks."""
+    _import("labelstudio", source, dataset, images=images, config=config, category=category)
+
+
+@export_app.command("sleap")
+@handles_errors
+def export_sleap(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    out: Annotated[Path, typer.Argument(help="SLEAP .slp file to write")],
+) -> None:
+    """A SLEAP .slp file: skeletons with flip pairs as symmetries, visible and hidden points."""
+    _print_interchange(commands.run_export_pose("sleap", dataset, out))
+
+
+@export_app.command("dlc")
+@handles_errors
+def export_dlc(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory")],
+    out: Annotated[Path, typer.Argument(help="folder of DeepLabCut projects, one per category (replaced)")],
+    scorer: Annotated[str, typer.Option(help="DeepLabCut scorer name")] = "semcorr",
+) -> None:
+    """DeepLabCut projects: config.yaml, labeled-data/<category>/CollectedData_<scorer>.csv and PNG frames."""
+    _print_interchange(commands.run_export_pose("dlc", dataset, out, scorer))
+
+
 @app.command()
 @handles_errors
 def evaluate(
@@ -388,9 +546,11 @@ def viewpoint(
     dataset: Annotated[Path, typer.Argument(help="dataset directory")],
     schema: Annotated[list[Path], typer.Option(help="keypoint schema with 3D points (vote-keypoints output)")] = [],  # noqa: B006
     overwrite: Annotated[bool, typer.Option(help="replace azimuth bins that are already set")] = False,
+    method: Annotated[str, typer.Option(help="weak (weak-perspective fit) or pnp (cv2.solvePnP, focal = "
+                                             "longer image side)")] = "weak",
 ) -> None:
-    """Estimate azimuth bins from keypoints (weak-perspective fit to the prototype) for COCO data."""
-    table = commands.run_viewpoint(dataset, schema, overwrite)
+    """Estimate azimuth bins from keypoints (weak-perspective or PnP fit to the prototype) for COCO data."""
+    table = commands.run_viewpoint(dataset, schema, overwrite, method)
     if table.empty:
         console.print("no instance had 4 or more labelled keypoints of a category with a prototype")
         return
@@ -577,6 +737,46 @@ def review_pull(
             console.print(f"problem: {problem}")
 
 
+@review_app.command("connect")
+@handles_errors
+def review_connect(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory whose projects get the backend")],
+    backend: Annotated[str, typer.Option(help="the running ALM backend's URL (`semcorr review backend`)")],
+    url: Annotated[str | None, URL_OPTION] = None,
+    token: Annotated[str | None, TOKEN_OPTION] = None,
+) -> None:
+    """Attach a running ALM backend to the dataset's Label Studio projects (live predictions, training)."""
+    counts = commands.run_review_connect(dataset, backend, url, token)
+    console.print(f"review connect: backend {backend} attached to {counts['attached']} projects "
+                  f"({counts['already']} had it already)")
+
+
+@review_app.command("backend")
+@handles_errors
+def review_backend(
+    dataset: Annotated[Path, typer.Argument(help="dataset directory with ALM checkpoints (annotation/alm_round<N>.pt)")],
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 9090,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    backbone: Annotated[str, typer.Option(help="backbone for training events (a warm start keeps the ALM's)")] =
+    "efficientnet-lite0",
+    epochs: Annotated[int, typer.Option(help="epochs per training event")] = 60,
+    crop_size: Annotated[int, typer.Option(help="crop size for training events")] = 256,
+    seed: int = 0,
+) -> None:
+    """Serve the current round's ALM to Label Studio as an ML backend (predict; train on its events)."""
+    import uvicorn
+
+    from semcorr.alm.train import TrainOptions
+    from semcorr.annotation.backend import Backend, create_app
+
+    backend = Backend(Path(dataset), TrainOptions(backbone=backbone, epochs=epochs, crop_size=crop_size, seed=seed))
+    backend.load()
+    state = backend.status()
+    console.print(f"ALM backend for {dataset} at http://{host}:{port}: round {state['round']}"
+                  + (f" (problem: {state['problem']})" if state["problem"] else ""))
+    uvicorn.run(create_app(backend), host=host, port=port, log_level="info")
+
+
 @review_app.command("server")
 @handles_errors
 def review_server(
@@ -644,7 +844,7 @@ def demo(
     dataset_dir, export_dir = out / "dataset", out / "spair"
     synth(dataset_dir, category=["chair", "car", "airplane"], schema=[], mesh=[],
           images_per_category=images_per_category, size="400x300", truncation_rate=0.25, occlusion_rate=0.3,
-          seed=seed)
+          seed=seed, engine="local", address=None)
     split(dataset_dir, ratios="5:2:3", seed=seed)
     build_pairs(dataset_dir, mode="spair")
     stats(dataset_dir, out=None)
@@ -743,8 +943,9 @@ def patchnet_eval(
 @handles_errors
 def quality_control(
     dataset: Annotated[Path, typer.Argument(help="dataset directory (pairs built)")],
-    checkpoint: Annotated[Path, typer.Option(help="trained patchnet checkpoint")],
     out: Annotated[Path, typer.Option(help="folder for suspects.csv, suspect_images.csv, cycles.csv, suspects.png")],
+    checkpoint: Annotated[Path | None, typer.Option(help="trained patchnet checkpoint for the appearance cue "
+                                                         "(default: non-learned gradient descriptors)")] = None,
     arch: Annotated[str | None, typer.Option(help="refuse a checkpoint of another architecture")] = None,
     top: PositiveInt = 20,
     split: str = "all",
@@ -754,22 +955,27 @@ def quality_control(
     url: Annotated[str | None, URL_OPTION] = None,
     token: Annotated[str | None, TOKEN_OPTION] = None,
 ) -> None:
-    """Rank annotated keypoints that disagree with their counterparts (most suspect first)."""
+    """Rank labelled keypoints by mask, shape, left/right swap and appearance cues (most suspect first)."""
     from semcorr.patchnet.run import push_suspects, run_qc
 
     result = run_qc(dataset, checkpoint, out, top, split, triples, architecture=arch)
-    shown = result.suspects.head(top)[["ann_id", "image_id", "category", "keypoint", "pairs", "mean_score",
-                                       "suspicion"]].round(2)
-    print_table(f"qc: {result.correspondences} correspondences, {len(result.suspects)} keypoints, "
-                f"{int(result.suspects.suspect.sum())} suspect (suspicion >= 3), {result.padded} patches padded",
-                shown.set_index("ann_id"), "ann_id")
+    suspects = result.suspects
+    shown = suspects.head(top)[["ann_id", "image_id", "category", "name", "suspicion", "cue", "reason"]]
+    fired = suspects[suspects.suspect].cue.value_counts()
+    print_table(f"qc: {len(suspects)} keypoints, {int(suspects.suspect.sum())} suspect (suspicion >= 3: "
+                + (", ".join(f"{n} {cue}" for cue, n in fired.items()) or "none")
+                + f"); appearance from {result.correspondences} correspondences "
+                f"({'network' if checkpoint else 'gradient descriptors'}), "
+                f"{int(suspects.appearance.isna().sum())} keypoints in no pair, {result.padded} patches padded",
+                shown.round(2).set_index("ann_id"), "ann_id")
     if result.chains:
         console.print(f"cycle check: {len(result.cycles)} of {result.chains} chains A->B->C->A did not return "
                       f"({int((result.cycles['kind'] == 'keypoint').sum())} to another keypoint id)")
     console.print("wrote " + ", ".join(str(p) for p in result.files))
     if push:
         counts = push_suspects(dataset, result.suspects, round_index, url, token, top)
-        console.print(f"pushed round {round_index}: {counts['created']} tasks created, {counts['skipped']} already there")
+        console.print(f"pushed round {round_index}: {counts['created']} tasks created, {counts['skipped']} already "
+                      f"there, {counts['noted']} tasks given the suspects' cues (task data `semcorr_qc`)")
 
 
 if __name__ == "__main__":

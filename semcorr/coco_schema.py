@@ -9,6 +9,7 @@ records of `semcorr.store`.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -217,6 +218,71 @@ def record_name(raw: Any, index: int, kind: str) -> str:
         shown = repr(raw["id"]) if isinstance(raw["id"], str) else raw["id"]
         return f"{kind} id={shown}"
     return f"{kind}s[{index}]"
+
+
+# ---------------------------------------------------------------------------- bulk fast paths
+# Each `quick_*` answers True only for a record the pydantic model certainly accepts, checking
+# plain JSON types in bulk; anything else (a rarer shape, or a real problem) goes through the
+# model, which gives the usual one-line message. So the messages do not change, only the speed.
+
+_SIMPLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*\Z")
+_PLAIN_NUMBERS = {int, float}
+
+
+def plain_finite(values: Any, low: float = -math.inf) -> bool:
+    """A list of plain ints / floats (no bools), all finite and >= `low`."""
+    if type(values) is not list:
+        return False
+    if not values:
+        return True
+    if not set(map(type, values)) <= _PLAIN_NUMBERS:
+        return False
+    try:
+        return math.isfinite(sum(values)) and min(values) >= low
+    except OverflowError:
+        return False
+
+
+def _plain_id(value: Any, low: int = 0, high: int = MAX_ID) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def quick_image(raw: Any) -> bool:
+    """True when `RawImage` certainly accepts `raw` (simple safe file name, integer id and sides)."""
+    return (type(raw) is dict and _plain_id(raw.get("id")) and type(raw.get("file_name")) is str
+            and _SIMPLE_NAME.match(raw["file_name"]) is not None and _plain_id(raw.get("width"), 1, MAX_SIDE)
+            and _plain_id(raw.get("height"), 1, MAX_SIDE))
+
+
+def quick_annotation(raw: Any) -> bool:
+    """True when `RawAnnotation` certainly accepts `raw` (polygons or no mask; RLE goes through the model)."""
+    if not (type(raw) is dict and _plain_id(raw.get("id")) and _plain_id(raw.get("image_id"))
+            and _plain_id(raw.get("category_id"))):
+        return False
+    bbox = raw.get("bbox")
+    if not (plain_finite(bbox) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0):
+        return False
+    if not plain_finite(raw.get("keypoints", [])):
+        return False
+    count, area, crowd = raw.get("num_keypoints"), raw.get("area"), raw.get("iscrowd", 0)
+    if not (count is None or _plain_id(count)) or not (area is None or plain_finite([area], 0)):
+        return False
+    if type(crowd) not in (int, bool) or crowd not in (0, 1):
+        return False
+    attributes = raw.get("attributes", {})
+    if type(attributes) is not dict or not all(type(k) is str for k in attributes):
+        return False
+    segmentation = raw.get("segmentation")
+    return segmentation is None or (type(segmentation) is list and all(
+        plain_finite(poly) and len(poly) >= 6 and len(poly) % 2 == 0 for poly in segmentation))
+
+
+def quick_attributes(known: dict) -> bool:
+    """True when `RawAttributes` certainly accepts the semcorr entries `known`."""
+    azimuth = known.get("azimuth_bin")
+    return (azimuth is None or _plain_id(azimuth, 0, 7)) and all(
+        type(known.get(flag, False)) in (bool, int) and known.get(flag, False) in (0, 1)
+        for flag in ("truncated", "occluded"))
 
 
 def finite(values) -> bool:

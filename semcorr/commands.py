@@ -17,6 +17,7 @@ from semcorr import atomic, store
 from semcorr.builders.spair_pairs import build_spair_pairs, spair_units
 from semcorr.builders.splits import assign_splits, split_units
 from semcorr.builders.statistics import azimuth_table, category_table, difficulty_table
+from semcorr.engine import LOCAL, Engine
 from semcorr.errors import SemcorrError
 from semcorr.exports.spair import SpairExportReport, export_spair
 from semcorr.keypoint_schema import load_schema
@@ -47,11 +48,11 @@ def resolve_prototypes(categories: list[str], schemas: list[Path], meshes: list[
     return prototypes
 
 
-def run_synth(out_dir: Path, prototypes: list[Prototype], options: SynthOptions, progress: Progress = None
-              ) -> store.Dataset:
-    """Render a synthetic store into `out_dir` (replaced atomically)."""
+def run_synth(out_dir: Path, prototypes: list[Prototype], options: SynthOptions, progress: Progress = None,
+              engine: Engine = LOCAL) -> store.Dataset:
+    """Render a synthetic store into `out_dir` (replaced atomically), locally or in Ray actors."""
     with atomic.staged_directory(Path(out_dir), "dataset") as staging:
-        dataset = synthesize(prototypes, options, staging, progress=progress)
+        dataset = synthesize(prototypes, options, staging, progress=progress, engine=engine)
         store.save_dataset(dataset, staging)
     dataset.image_root = Path(out_dir) / store.IMAGES_DIR
     return dataset
@@ -165,12 +166,14 @@ def run_stats(root: Path, out_dir: Path | None = None) -> StatsResult:
     return StatsResult(difficulty=difficulty, categories=categories, files=files, misc=misc)
 
 
-def run_export_spair(root: Path, out_dir: Path, progress: Progress = None) -> SpairExportReport:
-    """Export a store's SPair pairs in the SPair-71k layout."""
+def run_export_spair(root: Path, out_dir: Path, progress: Progress = None, allow_over_30: bool = False
+                     ) -> SpairExportReport:
+    """Export a store's SPair pairs in the SPair-71k layout (refusing categories of more than 30 keypoints
+    unless `allow_over_30`)."""
     dataset = store.load_dataset(root)
     refuse_overlap(out_dir, [root, dataset.image_root])
     pairs = store.load_pairs(root, dataset)
-    return export_spair(dataset, pairs, out_dir, progress=progress)
+    return export_spair(dataset, pairs, out_dir, progress=progress, allow_over_30=allow_over_30)
 
 
 @dataclass
@@ -228,7 +231,8 @@ def _keypoint_categories(extra: dict, path: Path, names: dict[int, str]) -> dict
 
 
 def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, categories: list[str] | None = None,
-                    keypoints_json: Path | None = None, options=None, schemas: list[Path] = ()) -> FilterResult:
+                    keypoints_json: Path | None = None, options=None, schemas: list[Path] = (),
+                    engine: Engine = LOCAL) -> FilterResult:
     """Curate a COCO instances file into a store (see `builders.coco_filter` for the rules).
 
     Keypoints come from `keypoints_json` (COCO person keypoints) where it has them, each
@@ -268,7 +272,7 @@ def run_coco_filter(instances_json: Path, image_dir: Path, out_dir: Path, catego
     if doubled:
         raise SemcorrError(f"{instances_json}: categories: the name(s) {', '.join(map(repr, doubled))} belong to "
                            "several category ids; give each category its own name")
-    screened = cf.screen_instances(coco, wanted, options, image_dir)
+    screened = cf.screen_instances(coco, wanted, options, image_dir, engine=engine)
     kept, rejected_units = cf.select_images(screened, options)
     report = cf.selection_report(screened, kept, rejected_units)
     if kept.empty:
@@ -393,6 +397,40 @@ def run_export_misc(root: Path, out_dir: Path) -> dict[str, int]:
     return export_misc(dataset, store.load_pairs(root, dataset), out_dir)
 
 
+POSE_IMPORT_FORMATS = ("sleap", "dlc", "nwb", "labelstudio")
+POSE_EXPORT_FORMATS = ("sleap", "dlc")
+
+
+def run_import(fmt: str, source: Path, out_dir: Path, images: Path | None = None, config: Path | None = None,
+               category: str | None = None):
+    """Import a pose tool's labels (through sleap-io) as a new dataset directory; returns its InterchangeReport."""
+    from semcorr.formats import dlc, labelstudio, nwb, sleap
+
+    source = Path(source)
+    if not source.exists():
+        raise SemcorrError(f"{source}: not found; give the {fmt} file or project to import")
+    refuse_overlap(out_dir, [source])
+    if fmt == "labelstudio":
+        if images is None:
+            raise SemcorrError("import labelstudio needs --images: the folder holding the tasks' images")
+        refuse_overlap(out_dir, [images])
+        return labelstudio.load_labelstudio(source, out_dir, images, config,
+                                            category or labelstudio.DEFAULT_CATEGORY)
+    loaders = {"sleap": sleap.load_sleap, "dlc": dlc.load_dlc, "nwb": nwb.load_nwb}
+    if fmt not in loaders:
+        raise SemcorrError(f"unknown import format {fmt!r}; use one of {', '.join(POSE_IMPORT_FORMATS)}")
+    return loaders[fmt](source, out_dir)
+
+
+def run_export_pose(fmt: str, root: Path, out: Path, scorer: str = "semcorr"):
+    """Export a store as a SLEAP file or DeepLabCut projects (through sleap-io); returns its InterchangeReport."""
+    from semcorr.formats import dlc, sleap
+
+    if fmt == "sleap":
+        return sleap.save_sleap(root, out)
+    return dlc.save_dlc(root, out, scorer)
+
+
 def run_evaluate(root: Path, predictions: Path | None, baseline: str | None, split: str | None,
                  alphas: tuple[float, ...], by: str, out_dir: Path | None):
     """Evaluate predictions (or a built-in baseline) on a store's pairs; tables to CSV.
@@ -444,15 +482,19 @@ def run_evaluate(root: Path, predictions: Path | None, baseline: str | None, spl
     return result, out_dir
 
 
-def run_viewpoint(root: Path, schemas: list[Path], overwrite: bool = False) -> pd.DataFrame:
+def run_viewpoint(root: Path, schemas: list[Path], overwrite: bool = False, method: str = "weak") -> pd.DataFrame:
     """Estimate azimuth bins of instances from their keypoints and the category prototypes.
 
     Prototypes come from keypoint schema files (`vote-keypoints` output, or any schema with
     its mesh) and, for categories named like a built-in one, from the built-in. Instances
     that already have an azimuth bin keep it unless `overwrite`. Returns one row per
-    instance tried (ann_id, category, azimuth_deg, azimuth_bin, confidence, written).
+    instance tried (ann_id, category, azimuth_deg, azimuth_bin, confidence, written). `method`:
+    "weak" (weak-perspective fit) or "pnp" (cv2.solvePnP with a focal-length prior).
     """
-    from semcorr.builders.viewpoint import estimate_viewpoint
+    from semcorr.builders.viewpoint import METHODS, PNP_FOCAL_PRIOR, estimate_viewpoint
+
+    if method not in METHODS:
+        raise SemcorrError(f"--method {method!r}: use one of {', '.join(METHODS)}")
 
     dataset = store.load_dataset(root, check_files=False)
     prototypes = {p.name: p for p in resolve_prototypes([], schemas, [])} if schemas else {}
@@ -469,7 +511,9 @@ def run_viewpoint(root: Path, schemas: list[Path], overwrite: bool = False) -> p
             continue
         index = {name: i for i, name in enumerate(prototype.schema.names)}
         xyz = np.array([prototype.keypoints_xyz[index[n]] if n in index else [np.nan] * 3 for n in category.keypoints])
-        estimate = estimate_viewpoint(xyz.reshape(-1, 3), inst.keypoints, inst.bbox)
+        image = dataset.images[inst.image_id]
+        estimate = estimate_viewpoint(xyz.reshape(-1, 3), inst.keypoints, inst.bbox, method,
+                                      (image.width, image.height))
         if estimate is None:
             continue
         write = overwrite or inst.azimuth_bin is None
@@ -477,7 +521,8 @@ def run_viewpoint(root: Path, schemas: list[Path], overwrite: bool = False) -> p
             inst.azimuth_bin = estimate.azimuth_bin
             inst.extra_attributes.update({"azimuth_deg_est": round(estimate.azimuth_deg, 2),
                                           "viewpoint_confidence": round(estimate.confidence, 4),
-                                          "viewpoint_source": "weak-perspective fit"})
+                                          "viewpoint_source": "weak-perspective fit" if method == "weak" else
+                                          f"cv2.solvePnP, focal = {PNP_FOCAL_PRIOR}"})
         rows.append({"ann_id": inst.id, "category": category.name, "azimuth_deg": estimate.azimuth_deg,
                      "azimuth_bin": estimate.azimuth_bin, "confidence": estimate.confidence, "written": write})
     store.save_dataset(dataset, root)
@@ -532,14 +577,19 @@ def alm_checkpoint_path(root: Path, round_index: int) -> Path:
     return Path(root) / "annotation" / f"alm_round{round_index}.pt"
 
 
+def alm_training_instances(root: Path, dataset: store.Dataset) -> list:
+    """What the ALM trains on: labelled instances outside the test split, without unreviewed keypoints."""
+    splits = store.load_splits(root) if (Path(root) / store.SPLITS_FILE).exists() else {}
+    return [i for i in (reviewed_only(inst) for inst in annotated_instances(dataset))
+            if splits.get(i.image_id) != "test" and i.labelled.any()]
+
+
 def run_alm_train(root: Path, round_index: int, options, out: Path | None = None, progress=None):
     """Train the ALM on the labelled, non-test instances; warm-start from round N-1 when it exists."""
     from semcorr.alm.train import load_checkpoint, save_checkpoint, train
 
     dataset = store.load_dataset(root)
-    splits = store.load_splits(root) if (Path(root) / store.SPLITS_FILE).exists() else {}
-    training = [i for i in (reviewed_only(inst) for inst in annotated_instances(dataset))
-                if splits.get(i.image_id) != "test" and i.labelled.any()]
+    training = alm_training_instances(root, dataset)
     previous = alm_checkpoint_path(root, round_index - 1)
     init = load_checkpoint(previous) if round_index > 1 and previous.exists() else None
     alm = train(dataset, training, options, round_index=round_index, init=init, progress=progress)
@@ -616,6 +666,41 @@ def run_review_push(root: Path, round_index: int, url: str | None, token: str | 
     return counts
 
 
+def run_review_connect(root: Path, backend_url: str, url: str | None, token: str | None) -> dict[str, int]:
+    """Attach the ALM backend at `backend_url` to each category's project (once); counts attached / already there.
+
+    Label Studio asks a backend on connect (`/health`, `/setup`), so it must be running.
+    """
+    import urllib.parse
+
+    from semcorr.annotation import review
+    from semcorr.annotation.labelstudio import LabelStudio, to_plain
+
+    parsed = urllib.parse.urlparse(backend_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SemcorrError(f"--backend {backend_url!r}: not an http(s) URL; write it like http://127.0.0.1:9090")
+    client = LabelStudio.from_env(url, token)
+    problems = client.preflight()
+    if problems:
+        raise SemcorrError("; ".join(problems))
+    dataset = store.load_dataset(root, check_files=False)
+    counts = {"attached": 0, "already": 0}
+    for category in sorted(dataset.categories.values(), key=lambda c: c.id):
+        project = review.find_project(client, review.project_title(root, category.name))
+        if project is None:
+            continue
+        attached = to_plain(client.call("GET /api/ml", client.sdk.ml.list, project=project["id"]))
+        if any(b.get("url", "").rstrip("/") == backend_url.rstrip("/") for b in attached):
+            counts["already"] += 1
+            continue
+        client.call("POST /api/ml", client.sdk.ml.create, project=project["id"], url=backend_url.rstrip("/"),
+                    title="semcorr ALM", is_interactive=False)
+        counts["attached"] += 1
+    if not counts["attached"] + counts["already"]:
+        raise SemcorrError(f"{root}: no Label Studio project of this dataset yet; run `semcorr review push` first")
+    return counts
+
+
 def run_review_pull(root: Path, round_index: int, url: str | None, token: str | None):
     """Export, keep the raw export, classify the reviewers' actions and merge them into the store."""
     from semcorr.annotation import review
@@ -632,3 +717,77 @@ def run_review_pull(root: Path, round_index: int, url: str | None, token: str | 
     if has_plan:
         mark_status(root, sorted({r.image_id for r in reviews if r.actions}), f"reviewed round {round_index}")
     return review.round_report(reviews, dataset, seen=seen), reviews, changed
+
+
+def protected_inputs(root: Path, dataset: store.Dataset | None = None) -> list[Path]:
+    """What a viewer or report output must never replace or lie inside: the store's files, images, annotation work."""
+    from semcorr.annotation.plan import PLAN_FILE
+
+    image_root = dataset.image_root if dataset is not None else Path(root) / store.IMAGES_DIR
+    return [*store_files(root), Path(root) / store.IMAGES_DIR, image_root, (Path(root) / PLAN_FILE).parent]
+
+
+def checked_png_target(out: Path, inputs: list[Path]) -> Path:
+    """`out` as a PNG path that replaces no input; SemcorrError otherwise."""
+    out = Path(out)
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise SemcorrError(f"--out {out}: give the path of a .png file to write")
+    refuse_overlap(out, inputs, "--out")
+    return out
+
+
+def run_show_pair(root: Path, pair_id: int, out: Path | None = None, height: int | None = None) -> Path:
+    """Draw one pair of a dataset directory or an SPair-layout export into a PNG; returns its path."""
+    from semcorr.viewers.drawing import png_bytes
+    from semcorr.viewers.pair_view import is_spair_export, pair_from_spair_export, pair_from_store, render_pair
+
+    root = Path(root)
+    out = Path(out) if out else Path(f"pair_{int(pair_id)}.png")
+    if is_spair_export(root) and not (root / store.ANNOTATIONS_FILE).exists():
+        checked_png_target(out, [root])
+        view = pair_from_spair_export(root, pair_id)
+    elif (root / store.ANNOTATIONS_FILE).is_file() or not root.is_dir():
+        checked_png_target(out, protected_inputs(root))
+        view = pair_from_store(root, pair_id)
+    else:
+        raise SemcorrError(f"{root}: neither a dataset directory (no {store.ANNOTATIONS_FILE}) nor an SPair-layout "
+                           "export (no Layout/large); give one of them")
+    atomic.write_bytes(out, png_bytes(render_pair(view, height=height)))
+    return out
+
+
+def run_show_image(root: Path, image_id: int, out: Path | None = None) -> Path:
+    """Draw one image of a dataset directory with its annotations into a PNG; returns its path."""
+    from semcorr.viewers.drawing import png_bytes
+    from semcorr.viewers.image_view import render_image
+
+    out = Path(out) if out else Path(f"image_{int(image_id)}.png")
+    dataset = store.load_dataset(root, check_files=False)
+    checked_png_target(out, protected_inputs(root, dataset))
+    atomic.write_bytes(out, png_bytes(render_image(dataset, image_id)))
+    return out
+
+
+def run_report(root: Path, out_dir: Path | None, options, progress: Progress = None):
+    """Write the dataset report (index.html, img/, stats/) into `out_dir`, replaced atomically.
+
+    `out_dir` defaults to `<dataset name>-report` in the current folder; it may not be, hold or
+    lie inside the dataset, its images, the --qc file or a --schema-dir. Returns the
+    `viewers.report.ReportSummary`.
+    """
+    from semcorr.paths import refuse_file_target
+    from semcorr.viewers.report import write_report
+
+    root = Path(root)
+    dataset = store.load_dataset(root, check_files=False)
+    out_dir = Path(out_dir) if out_dir else Path(f"{root.resolve().name}-report")
+    refuse_file_target(out_dir, "--out")
+    refuse_overlap(out_dir, [root, dataset.image_root, options.qc, *options.schema_dirs], "--out")
+    if options.max_pairs_per_cell < 0 or options.qc_rows < 1 or options.thumbnail_height < 32:
+        raise SemcorrError("--max-pairs-per-cell must be >= 0, --qc-rows >= 1 and --thumbnail-height >= 32")
+    has_pairs = (root / store.PAIRS_FILE).is_file()
+    with atomic.staged_directory(out_dir, "report") as staging:
+        stats = run_stats(root, staging / "stats") if has_pairs else None
+        summary = write_report(staging, root, dataset, stats, options, progress)
+    summary.path = out_dir / "index.html"
+    return summary

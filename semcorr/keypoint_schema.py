@@ -7,10 +7,11 @@ Format (written by `vote-keypoints`, read by `synth` and the store)::
       "category": "chair",
       "version": 1,
       "mesh": "/abs/path/chair.obj",    # optional; absolute, or relative to the schema file
-      "mesh_relative": "../chair.obj",  # optional; the same mesh relative to the schema file
+      "mesh_relative": "../chair.obj",  # optional; the same mesh relative to the schema file (tried first)
       "up_axis": "+y", "front_axis": "+z",   # of the mesh file's own frame
-      "keypoints": [{"name": "seat_front_left", "xyz": [x, y, z],
-                      "description": "...", "scheme": "...", "views": ["front"]}],
+      "keypoints": [{"name": "left_top_front_corner", "xyz": [x, y, z],
+                      "description": "...", "scheme": "...", "views": ["front"],   # views proposing it
+                      "visible_in": ["front", "left"], "xyz_canonical": [x, y, z]}],
       "skeleton": [["a", "b"], ...],    # by keypoint name
       "flip_pairs": [["left_x", "right_x"], ...],
       "id_map": {"<old id>": <new id or null>}   # from the previous version, optional
@@ -55,8 +56,9 @@ def parse_axes(up_axis: object, front_axis: object, up_name: str = "--up-axis", 
     """(up, front) normalised by `parse_axis`; SemcorrError when they are parallel."""
     up, front = parse_axis(up_axis, up_name), parse_axis(front_axis, front_name)
     if up[1] == front[1]:
+        hint = "; or --up-axis auto to have them suggested" if up_name == "--up-axis" else ""
         raise SemcorrError(f"{up_name} {up_axis!r} and {front_name} {front_axis!r} are parallel; choose two "
-                           "different axes (e.g. up +y, front +z)")
+                           f"different axes (e.g. up +y, front +z){hint}")
     return up, front
 
 
@@ -166,10 +168,11 @@ def _version_number(path: Path, value: object) -> int:
 
 
 def _mesh_path(path: Path, mesh: object, mesh_relative: object) -> Path | None:
-    """The schema's mesh as an absolute path: `mesh` (absolute, or relative to the schema file), else
-    `mesh_relative` (relative to the schema file) when only that one exists; None when none is named."""
+    """The schema's mesh as an absolute path: `mesh_relative` resolved from the schema file's folder when
+    that file exists (the schema moved together with its mesh), else `mesh` (absolute, or relative to the
+    schema file); None when none is named."""
     options = []
-    for value in (mesh, mesh_relative):
+    for value in (mesh_relative, mesh):
         if value is None or value == "":
             continue
         if not isinstance(value, str) or "\x00" in value:

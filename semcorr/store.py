@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,11 @@ class ImageInfo:
     height: int
 
 
+def valid_visibility(visibility: np.ndarray) -> bool:
+    """Every keypoint visibility is 0, 1 or 2."""
+    return bool(((visibility == 0) | (visibility == 1) | (visibility == 2)).all())
+
+
 @dataclass
 class Instance:
     """One annotated object instance.
@@ -124,7 +130,7 @@ class Instance:
         if self.bbox.shape != (4,):
             raise ValueError(f"instance {self.id}: bbox must have shape (4,), got {self.bbox.shape}")
         vis = self.keypoints[:, 2]
-        if not np.isin(vis, (0, 1, 2)).all():
+        if not valid_visibility(vis):
             raise ValueError(f"instance {self.id}: keypoint visibility must be 0, 1 or 2")
         self.keypoints[vis == 0, :2] = np.nan
 
@@ -204,7 +210,7 @@ def keypoints_from_coco(flat: list[float]) -> np.ndarray:
 def keypoints_to_coco(keypoints: np.ndarray) -> list[float]:
     """(K, 3) array to COCO `[x, y, v] * K`, writing 0, 0, 0 for unlabelled points."""
     out: list[float] = []
-    for x, y, v in keypoints:
+    for x, y, v in np.asarray(keypoints, dtype=np.float64).tolist():
         if v == 0:
             out.extend((0, 0, 0))
         else:
@@ -280,6 +286,8 @@ def _parse_category(raw: Any, index: int, path: Path) -> Category:
 
 
 def _parse_image(raw: Any, index: int, path: Path) -> ImageInfo:
+    if coco_schema.quick_image(raw):
+        return ImageInfo(id=raw["id"], file_name=raw["file_name"], width=raw["width"], height=raw["height"])
     record = coco_schema.record_name(raw, index, "image")
     parsed = coco_schema.check_record(coco_schema.RawImage, raw, path, record, "fix the image record")
     return ImageInfo(id=parsed.id, file_name=parsed.file_name, width=parsed.width, height=parsed.height)
@@ -287,8 +295,12 @@ def _parse_image(raw: Any, index: int, path: Path) -> ImageInfo:
 
 def _parse_instance(raw: Any, index: int, path: Path, images: dict[int, ImageInfo],
                     categories: dict[int, Category]) -> Instance:
-    record = coco_schema.record_name(raw, index, "annotation")
-    parsed = coco_schema.check_record(coco_schema.RawAnnotation, raw, path, record, "fix the annotation record")
+    if coco_schema.quick_annotation(raw):  # the common shape, checked in bulk; same fields as the model's
+        parsed = SimpleNamespace(**{"keypoints": [], "area": None, "iscrowd": 0, "segmentation": None,
+                                    "attributes": {}, **raw})
+    else:
+        record = coco_schema.record_name(raw, index, "annotation")
+        parsed = coco_schema.check_record(coco_schema.RawAnnotation, raw, path, record, "fix the annotation record")
     record = f"annotation id={parsed.id} (image id={parsed.image_id})"
 
     def fail(problem: str, fix: str) -> SemcorrError:
@@ -305,12 +317,15 @@ def _parse_instance(raw: Any, index: int, path: Path, images: dict[int, ImageInf
                    f"{category.num_keypoints} keypoints ({3 * category.num_keypoints} values)",
                    "write [x, y, v] for every keypoint of the category")
     keypoints = keypoints_from_coco(parsed.keypoints or [0] * (3 * category.num_keypoints))
-    if not np.isin(keypoints[:, 2], (0, 1, 2)).all():
+    if not valid_visibility(keypoints[:, 2]):
         raise fail("keypoint visibility outside {0, 1, 2}", "use 0, 1 or 2")
-    for k, (x, y, v) in enumerate(keypoints):
-        if v > 0 and not (0 <= x <= image.width and 0 <= y <= image.height):
-            raise fail(f"keypoint {k} ({category.keypoints[k]}) at ({x:g}, {y:g}) is outside the "
-                       f"{image.width}x{image.height} image", "fix the coordinates or set its visibility to 0")
+    x_all, y_all, v_all = keypoints.T
+    outside = (v_all > 0) & ~((x_all >= 0) & (x_all <= image.width) & (y_all >= 0) & (y_all <= image.height))
+    if outside.any():
+        k = int(np.argmax(outside))
+        x, y = keypoints[k, :2]
+        raise fail(f"keypoint {k} ({category.keypoints[k]}) at ({x:g}, {y:g}) is outside the "
+                   f"{image.width}x{image.height} image", "fix the coordinates or set its visibility to 0")
     segmentation = parsed.segmentation
     if isinstance(segmentation, coco_schema.RawRle):
         if tuple(segmentation.size) != (image.height, image.width):
@@ -318,9 +333,11 @@ def _parse_instance(raw: Any, index: int, path: Path, images: dict[int, ImageInf
                        f"[{image.height}, {image.width}]", "re-encode the mask at the image size")
         segmentation = {"size": list(segmentation.size), "counts": segmentation.counts}
     attributes = dict(parsed.attributes)
-    known = coco_schema.check_record(
-        coco_schema.RawAttributes, {k: attributes.pop(k) for k in ("azimuth_bin", "truncated", "occluded")
-                                    if k in attributes}, path, record, "fix its attributes")
+    known = {k: attributes.pop(k) for k in ("azimuth_bin", "truncated", "occluded") if k in attributes}
+    if coco_schema.quick_attributes(known):
+        known = SimpleNamespace(**{"azimuth_bin": None, "truncated": False, "occluded": False, **known})
+    else:
+        known = coco_schema.check_record(coco_schema.RawAttributes, known, path, record, "fix its attributes")
     bbox = np.asarray(parsed.bbox, dtype=np.float64)
     return Instance(
         id=parsed.id,
@@ -541,7 +558,8 @@ def check_pairs(pairs: pd.DataFrame, path: Path, dataset: Dataset | None = None)
         return
     by_name = {c.name: c for c in dataset.categories.values()}
     instances = {inst.id: inst for inst in dataset.instances}
-    for row, kps in zip(pairs.itertuples(index=False), kps_ids):
+    suspects = suspect_pairs(pairs, kps_ids, dataset)
+    for row, kps in zip(pairs.iloc[suspects].itertuples(index=False), (kps_ids[i] for i in suspects)):
         record = f"pair_id={row.pair_id}"
         category = by_name.get(str(row.category))
         if category is None:
@@ -557,6 +575,35 @@ def check_pairs(pairs: pd.DataFrame, path: Path, dataset: Dataset | None = None)
                                             for k in kps):
             raise fail(record, f"kps_ids {kps!r} are not keypoint indexes 0..{category.num_keypoints - 1} of "
                                f"{category.name!r}")
+
+
+def suspect_pairs(pairs: pd.DataFrame, kps_ids: list, dataset: Dataset) -> np.ndarray:
+    """Positions of the pairs that may break a rule of `check_pairs` (all others certainly pass), in order.
+
+    Checked in bulk: the category is known, both image ids are images, each annotation id (SPair)
+    is an instance of its image, and every keypoint id is an int in 0..K-1 of the category.
+    """
+    names = pairs["category"].astype(str).to_numpy()
+    sizes = {c.name: c.num_keypoints for c in dataset.categories.values()}
+    bad = ~pd.Series(names).isin(list(sizes)).to_numpy()
+    image_of = pd.Series({inst.id: inst.image_id for inst in dataset.instances}, dtype="int64")
+    for side in ("src", "trg"):
+        images = pairs[f"{side}_image_id"].to_numpy()
+        bad |= ~np.isin(images, np.fromiter(dataset.images, dtype=np.int64, count=len(dataset.images)))
+        if f"{side}_ann_id" in pairs.columns:
+            owner = pd.Series(pairs[f"{side}_ann_id"].to_numpy()).map(image_of).to_numpy()
+            bad |= ~(owner == images)
+    lengths = np.fromiter((len(k) if isinstance(k, list) else -1 for k in kps_ids), dtype=np.int64,
+                          count=len(kps_ids))
+    bad |= lengths < 0
+    flat = [k for kps in kps_ids if isinstance(kps, list) for k in kps]
+    if not all(type(k) is int for k in flat):
+        return np.arange(len(pairs))
+    values = np.asarray(flat, dtype=np.int64)
+    limits = np.repeat(pd.Series(names).map(sizes).fillna(0).to_numpy(dtype=np.int64), np.maximum(lengths, 0))
+    wrong = (values < 0) | (values >= limits)
+    bad[np.repeat(np.arange(len(pairs)), np.maximum(lengths, 0))[wrong]] = True
+    return np.flatnonzero(bad)
 
 
 def save_pairs(pairs: pd.DataFrame, root: Path) -> Path:

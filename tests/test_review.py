@@ -43,7 +43,7 @@ def test_token_kinds_and_server_down(tmp_path):
     assert token_kind("0123456789abcdef") == "legacy" and token_kind("aaa.bbb.ccc") == "personal"
     from semcorr.annotation.server import free_port
 
-    client = LabelStudio(f"http://127.0.0.1:{free_port()}", "secret-token-value", retries=1, backoff=0.01)
+    client = LabelStudio(f"http://127.0.0.1:{free_port()}", "secret-token-value", retries=1)
     problems = client.preflight()
     assert len(problems) == 1 and problems[0].startswith("server: ") and "not reachable" in problems[0]
     assert "secret-token-value" not in problems[0]

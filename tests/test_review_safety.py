@@ -131,14 +131,17 @@ class StubClient:
         self.title = review.project_title(root, category)
         self.tasks, self.predictions, self.users = tasks, predictions, users
 
-    def get(self, path):
-        if path.startswith("/api/projects?"):
-            return [{"id": 1, "title": self.title}]
-        if path.startswith("/api/projects/1/export"):
-            return copy.deepcopy(self.tasks)
-        if path.startswith("/api/users/"):
-            return self.users[int(path.rsplit("/", 1)[1])]
-        raise AssertionError(path)
+    def call(self, what, action, *args, **kwargs):
+        return action(*args, **kwargs)
+
+    @property
+    def sdk(self):  # the label-studio-sdk calls `review.pull` makes
+        from types import SimpleNamespace
+
+        export = SimpleNamespace(download_sync=lambda project, **_: [json.dumps(self.tasks).encode()])
+        return SimpleNamespace(projects=SimpleNamespace(list=lambda **_: [{"id": 1, "title": self.title}],
+                                                        exports=export),
+                               users=SimpleNamespace(get=lambda user_id: self.users[user_id]))
 
     def all_tasks(self, project_id):
         return [{"id": t["id"], "predictions": self.predictions} for t in self.tasks]
@@ -169,8 +172,11 @@ def test_pull_saves_raw_first_inside_the_dataset_and_names_the_annotator(tmp_pat
 
 def test_annotator_without_user_lookup_rights_is_the_user_id():
     class Refusing:
-        def get(self, path):
+        def call(self, what, action, *args, **kwargs):
             raise SemcorrError("answered 403")
+
+        def __getattr__(self, name):  # `sdk.users.get`: every SDK call is refused by `call`
+            return self
 
     assert review.annotator_name(Refusing(), 3, {}) == "user 3"
     assert review.annotator_name(Refusing(), {"id": 4, "email": "b@x.org"}, {}) == "b@x.org"
@@ -249,7 +255,7 @@ def test_wrong_legacy_token_is_not_called_disabled(fake_server):
                                             ("html", "not JSON"), ("long", "the end")])
 def test_server_failures_are_one_line(fake_server, mode, fragment):
     Handler.mode = mode
-    client = LabelStudio(fake_server, TOKEN, retries=1, backoff=0.01)
+    client = LabelStudio(fake_server, TOKEN, retries=1)
     with pytest.raises(SemcorrError) as caught:
         client.get("/api/projects")
     message = str(caught.value)

@@ -128,10 +128,12 @@ def test_unreadable_votes_file(work, data, fragment):
     (["--threshold", "nan"], "--threshold nan"),
     (["--threshold", "-0.5"], "--threshold -0.5"),
     (["--threshold", "1.5"], "--threshold 1.5"),
-    (["--merge-distance", "-1"], "--merge-distance -1"),
-    (["--merge-distance", "0"], "--merge-distance 0"),
-    (["--merge-distance", "nan"], "--merge-distance nan"),
-    (["--merge-distance", "inf"], "--merge-distance inf"),
+    (["--min-spacing", "-1"], "--min-spacing -1"),
+    (["--min-spacing", "0"], "--min-spacing 0"),
+    (["--min-spacing", "nan"], "--min-spacing nan"),
+    (["--min-spacing", "inf"], "--min-spacing inf"),
+    (["--max-keypoints", "0"], "--max-keypoints 0"),
+    (["--up-axis", "auto", "--front-axis", "up"], "--front-axis 'up': not an axis"),
 ])
 def test_bad_options_fail_fast_in_one_line(work, options, fragment):
     out = work / "new"
@@ -187,3 +189,13 @@ def test_schema_mesh_is_found_when_mesh_and_schema_move_together(work, tmp_path)
     path.write_text(json.dumps(data))
     schema = load_schema(path)
     assert schema.mesh == (moved / "car.ply").resolve()
+
+
+def test_one_annotator_gets_a_word_not_nan(work):
+    sheet = work / "T" / "voting_sheet.csv"
+    fill(sheet, {1: "ann1,upper,skeleton,0.9,0.9,0.9", 2: "ann1,upper,contour,0.2,0.2,0.2"})
+    result = runner.invoke(app, ["vote-keypoints", str(work / "car.ply"), "--category", "car", "--votes", str(sheet),
+                                 "--out", str(work / "T"), *SIZE])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "agreement (saliency): Krippendorff's alpha needs two annotators" in text and "nan" not in text

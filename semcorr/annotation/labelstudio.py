@@ -1,25 +1,24 @@
-"""A small Label Studio HTTP client (stdlib only): both token kinds, retries, preflight.
+"""Label Studio through its maintained client, `label-studio-sdk` 2.x: one-line errors, preflight.
 
-Legacy tokens go in `Authorization: Token <key>`. Personal access tokens (JWT refresh
-tokens, the default for new organisations) are exchanged at `/api/token/refresh` for a
-short-lived access token sent as `Authorization: Bearer <access>`. Tokens are never printed.
+The SDK does the work: both token kinds (a legacy key goes in `Authorization: Token`, a
+personal access token, a JWT refresh token, is exchanged at `/api/token/refresh` for short-lived
+access tokens, refreshed when they expire), retries with exponential backoff on connection
+errors and 408/409/429/5xx answers, paging, import and export. This module adds only what
+the SDK leaves to its callers, each said where it is done: SDK exceptions (`ApiError`, httpx
+errors, multi-line and carrying response headers) become one token-free `SemcorrError` line;
+`preflight` names each failed check; `all_tasks` stops paging at the total. Tokens are never
+printed.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from semcorr.errors import SemcorrError
-
-TRANSIENT = {429, 500, 502, 503, 504}
 
 
 class HTTPStatusError(SemcorrError):
@@ -31,20 +30,27 @@ class HTTPStatusError(SemcorrError):
         self.detail = detail
 
 
-def reply_detail(body: bytes) -> str:
+def reply_detail(body: Any) -> str:
     """The server's error message, whole but on one line: JSON `detail` (or the JSON), else the text."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        parsed = None
+    import json
+
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    parsed = body
+    if isinstance(body, str):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
     if isinstance(parsed, dict):
         detail = parsed.get("detail", parsed.get("message", parsed.get("error")))
         text = json.dumps(parsed, ensure_ascii=False) if detail is None else str(detail)
     elif parsed is not None:
         text = json.dumps(parsed, ensure_ascii=False)
-    elif text.lstrip().lower().startswith(("<!doctype", "<html")):
-        text = "an HTML page"
+    else:
+        text = str(body or "").strip()
+        if text.lstrip().lower().startswith(("<!doctype", "<html")):
+            text = "an HTML page"
     text = " ".join(text.split())
     return text if len(text) <= 500 else text[:500] + " [...]"
 
@@ -55,25 +61,34 @@ def token_kind(token: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """A short, token-free reason for a connection failure."""
-    if isinstance(exc, http.client.IncompleteRead):
-        return f"the answer was cut off after {len(exc.partial)} bytes"
-    if isinstance(exc, http.client.RemoteDisconnected):
+    """A short, token-free reason for a connection failure (httpx's own words, named plainly)."""
+    text = str(exc)
+    if "complete message body" in text:  # httpx: the server promised more bytes than it sent
+        return f"the answer was cut off ({text})"
+    if "without sending a response" in text:
         return "the server closed the connection without answering"
-    reason = getattr(exc, "reason", None) or exc
-    return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def to_plain(value: Any) -> Any:
+    """An SDK answer (pydantic models, lists of them) as plain JSON data, as the server sent it."""
+    from label_studio_sdk.core.jsonable_encoder import jsonable_encoder
+
+    return jsonable_encoder(value)
 
 
 @dataclass
 class LabelStudio:
-    """Connection to one Label Studio server."""
+    """Connection to one Label Studio server: `sdk` is the `label_studio_sdk.LabelStudio` client.
+
+    `retries`: the SDK's `max_retries` (its backoff: 1 s doubling, jittered, at most 60 s).
+    """
 
     url: str
     token: str = field(repr=False)
     retries: int = 4
-    backoff: float = 0.5
     timeout: float = 30.0
-    _access: str | None = field(default=None, repr=False)
+    _sdk: Any = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_env(cls, url: str | None = None, token: str | None = None) -> LabelStudio:
@@ -91,113 +106,147 @@ class LabelStudio:
             raise SemcorrError("--token: the token contains white space; copy it again without spaces or line breaks")
         return cls(url=url.rstrip("/"), token=token)
 
-    def _authorization(self) -> str:
-        if token_kind(self.token) == "legacy":
-            return f"Token {self.token}"
-        if self._access is None:
-            answer = self._send("POST", "/api/token/refresh", {"refresh": self.token}, auth=False)
-            self._access = answer.get("access") if isinstance(answer, dict) else None
-            if not self._access:
-                raise SemcorrError(f"{self.url}: the personal access token was refused; create a new one")
-        return f"Bearer {self._access}"
+    @property
+    def sdk(self):
+        """The SDK client, made on first use (it may check the token: an expired JWT is refused at once)."""
+        if self._sdk is None:
+            from label_studio_sdk import LabelStudio as Client
 
-    def _send(self, method: str, path: str, body: Any = None, auth: bool = True, raw: bool = False) -> Any:
-        url = path if path.startswith("http") else f"{self.url}{path}"
-        where = f"{self.url}: {method} {urllib.parse.urlparse(url).path}"
-        data = None if body is None else json.dumps(body).encode()
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(url, data=data, method=method)
-            request.add_header("Content-Type", "application/json")
-            if auth:
-                request.add_header("Authorization", self._authorization())
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = response.read()
-            except urllib.error.HTTPError as exc:
-                if exc.code in TRANSIENT and attempt < self.retries:
-                    time.sleep(self.backoff * 2 ** attempt)
-                    continue
-                try:
-                    detail = reply_detail(exc.read())
-                except (OSError, http.client.HTTPException):
-                    detail = "(the reply was cut off)"
-                if self.token:
-                    detail = detail.replace(self.token, "[token]")
-                raise HTTPStatusError(f"{where} answered {exc.code}: {detail}", exc.code, detail) from None
-            except (http.client.HTTPException, urllib.error.URLError, TimeoutError, OSError) as exc:
-                # HTTPException: IncompleteRead, RemoteDisconnected, BadStatusLine (the server died mid-answer)
-                if attempt < self.retries:
-                    time.sleep(self.backoff * 2 ** attempt)
-                    continue
-                raise SemcorrError(f"{where}: Label Studio is not reachable or stopped answering "
-                                   f"({_reason(exc)}); check that it runs (`semcorr review server`) and --url, then "
-                                   "run the command again") from None
+            self._sdk = self.call("connect", lambda: Client(base_url=self.url, api_key=self.token,
+                                                            max_retries=self.retries, timeout=self.timeout))
+        return self._sdk
+
+    def call(self, what: str, action: Callable[..., Any], *args, **kwargs) -> Any:
+        """Run one SDK call; its failures become one token-free line naming the server and `what`.
+
+        Why a wrapper: the SDK raises `ApiError` (whose text holds the response headers and body over
+        several lines) and bare httpx errors; the CLI prints one line per failure.
+        """
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        where = f"{self.url}: {what}"
+        try:
+            return action(*args, **kwargs)
+        except ApiError as exc:
+            status = exc.status_code or 0
+            detail = self._redact(reply_detail(exc.body))
+            if 200 <= status < 300:  # the SDK could not parse a 2xx answer: not Label Studio's JSON
+                raise SemcorrError(f"{where}: the answer is not JSON ({detail[:80]}); check that --url points at "
+                                   "Label Studio") from None
+            raise HTTPStatusError(f"{where} answered {status}: {detail}", status, detail) from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise SemcorrError(f"{where}: Label Studio is not reachable or stopped answering "
+                               f"({self._redact(_reason(exc))}); check that it runs (`semcorr review server`) and "
+                               "--url, then run the command again") from None
+        except ValueError as exc:  # the SDK parses an answer it did not check (e.g. a token refresh's)
+            raise SemcorrError(f"{where}: the answer is not JSON ({self._redact(str(exc))[:80]}); check that --url "
+                               "points at Label Studio") from None
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.token, "[token]") if self.token else text
+
+    def request(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
+        """One request through the SDK's HTTP client (its auth and retries) for what it has no typed method for.
+
+        Why: local-file URLs (`/data/local-files/?d=...`, the image probe) are not API endpoints,
+        and scripts and tests post raw JSON; an error status is raised, as the typed methods do.
+        """
+        from label_studio_sdk.core.api_error import ApiError
+
+        def send():
+            reply = self.sdk._client_wrapper.httpx_client.request(path.lstrip("/"), method=method, json=body)
+            if reply.status_code >= 400:
+                raise ApiError(status_code=reply.status_code, body=reply.text)
             if raw:
-                return payload
+                return reply.content
+            if not reply.content:
+                return None
             try:
-                return json.loads(payload) if payload else None
+                return reply.json()
             except ValueError:
-                raise SemcorrError(f"{where}: the answer is not JSON ({reply_detail(payload)[:80]}); check that "
-                                   "--url points at Label Studio") from None
-        raise AssertionError("unreachable")
+                raise ApiError(status_code=reply.status_code, body=reply.text) from None
+
+        return self.call(f"{method} {urllib.parse.urlparse(path).path}", send)
 
     def get_raw(self, path: str) -> bytes:
         """The body of a GET as bytes (e.g. an image the server serves)."""
-        return self._send("GET", path, raw=True)
+        return self.request("GET", path, raw=True)
 
     def get(self, path: str) -> Any:
-        return self._send("GET", path)
+        return self.request("GET", path)
 
     def post(self, path: str, body: Any) -> Any:
-        return self._send("POST", path, body)
+        return self.request("POST", path, body)
 
     def patch(self, path: str, body: Any) -> Any:
-        return self._send("PATCH", path, body)
+        return self.request("PATCH", path, body)
+
+    def health(self) -> None:
+        """Raise unless the server answers `/health`.
+
+        Why not the SDK: it has no call for `/health`, and its client sends the token (refreshing a
+        personal one first), so a refused token would read as a server down. Connection errors are
+        retried with backoff by httpx's transport.
+        """
+        import httpx
+
+        def probe():
+            transport = httpx.HTTPTransport(retries=self.retries)
+            with httpx.Client(transport=transport, timeout=self.timeout) as client:
+                client.get(f"{self.url}/health").raise_for_status()
+
+        self.call("GET /health", probe)
 
     def preflight(self, image_url: str | None = None) -> list[str]:
         """Problems found, one line each (empty when all is well): server, token, image access."""
-        problems = []
         try:
-            self._send("GET", "/health", auth=False)
+            self.health()
         except SemcorrError as exc:
             return [f"server: {exc}"]
+        kind = token_kind(self.token)
         try:
-            who = self.get("/api/current-user/whoami")
+            who = to_plain(self.call("GET /api/current-user/whoami", lambda: self.sdk.users.whoami()))
             if not isinstance(who, dict) or "id" not in who:
-                problems.append("token: the server did not say who the token belongs to")
+                return [f"token ({kind}): the server did not say who the token belongs to"]
         except HTTPStatusError as exc:
-            kind = token_kind(self.token)
             if exc.status not in (401, 403):
                 return [f"token ({kind}): the server answered {exc.status} ({exc.detail})"]
-            if "legacy" in exc.detail.lower() and "disabled" in exc.detail.lower():
-                hint = ("legacy tokens are disabled for this organisation: use a personal access token (Account & "
-                        "Settings) or enable legacy tokens in the organisation's settings")
-            elif kind == "legacy":
-                hint = ("the token is wrong: copy the Access Token from Account & Settings, or the `token` of "
-                        "`semcorr review server`'s credentials file")
-            else:
-                hint = "the personal access token is wrong or revoked: create a new one in Account & Settings"
-            problems.append(f"token ({kind}): refused ({exc.detail}); {hint}")
-            return problems
+            return [f"token ({kind}): refused ({exc.detail}); {token_hint(kind, exc.detail)}"]
         except SemcorrError as exc:
-            return [f"token ({token_kind(self.token)}): {exc}"]
+            return [f"token ({kind}): {exc}"]
         if image_url is not None:
             try:
-                self._send("GET", image_url, raw=True)
+                self.get_raw(image_url)
             except SemcorrError as exc:
-                problems.append(f"image: the server cannot serve {image_url} ({str(exc)[-80:]}); enable local file "
-                                "serving (LOCAL_FILES_SERVING_ENABLED=true, LOCAL_FILES_DOCUMENT_ROOT above the images)")
-        return problems
+                return [(f"image: the server cannot serve {image_url} ({str(exc)[-80:]}); enable local file serving "
+                         "(LOCAL_FILES_SERVING_ENABLED=true, LOCAL_FILES_DOCUMENT_ROOT above the images)")]
+        return []
 
     def all_tasks(self, project_id: int) -> list[dict]:
-        """Every task of a project (paged)."""
-        tasks, page = [], 1
+        """Every task of a project, with annotations and predictions, as plain dicts.
+
+        The SDK pages; it learns the end from Label Studio's 404 past the last page, and swallows
+        every 404 while paging. Reading pages and stopping at the answer's `total` asks for no page
+        past the end, and a 404 on the first page (a project gone) is an error, not "no tasks".
+        """
+        pager = self.call(f"GET /api/tasks?project={project_id}",
+                          lambda: self.sdk.tasks.list(project=project_id, page_size=500, fields="all"))
+        tasks: list[dict] = []
         while True:
-            answer = self.get(f"/api/tasks?project={project_id}&page={page}&page_size=500&fields=all")
-            batch = answer.get("tasks", []) if isinstance(answer, dict) else answer
-            tasks.extend(batch)
-            total = answer.get("total") if isinstance(answer, dict) else None
-            # Label Studio answers 404 for a page past the end, so stop on the total when it is given
-            if len(batch) < 500 or (total is not None and len(tasks) >= total):
+            tasks.extend(to_plain(pager.items or []))
+            total = getattr(pager.response, "total", None)
+            if not pager.items or not pager.has_next or (total is not None and len(tasks) >= total):
                 return tasks
-            page += 1
+            pager = self.call(f"GET /api/tasks?project={project_id}", pager.get_next)
+
+
+def token_hint(kind: str, detail: str) -> str:
+    """What to do about a refused token of this kind."""
+    if "legacy" in detail.lower() and "disabled" in detail.lower():
+        return ("legacy tokens are disabled for this organisation: use a personal access token (Account & Settings) "
+                "or enable legacy tokens in the organisation's settings")
+    if kind == "legacy":
+        return ("the token is wrong: copy the Access Token from Account & Settings, or the `token` of `semcorr "
+                "review server`'s credentials file")
+    return "the personal access token is wrong or revoked: create a new one in Account & Settings"

@@ -19,7 +19,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from semcorr.annotation.labelstudio import HTTPStatusError, LabelStudio
+from semcorr.annotation.labelstudio import HTTPStatusError, LabelStudio, to_plain
 from semcorr.annotation.plan import write_new
 from semcorr.errors import SemcorrError
 from semcorr.paths import safe_component, safe_relative
@@ -589,9 +589,8 @@ def _raw_export_files(folder: Path, stem: str) -> list[Path]:
 
 
 def find_project(client: LabelStudio, title: str) -> dict | None:
-    """The project with this title, if it exists."""
-    answer = client.get("/api/projects?page_size=1000")
-    projects = answer.get("results", []) if isinstance(answer, dict) else answer
+    """The project with this title, if it exists (the SDK pages through the projects)."""
+    projects = client.call("GET /api/projects", lambda: to_plain(list(client.sdk.projects.list(page_size=100))))
     return next((p for p in projects if p.get("title") == title), None)
 
 
@@ -606,15 +605,49 @@ def ensure_project(client: LabelStudio, root: Path, category: Category, image_ro
     title = project_title(root, category.name)
     config = labeling_config(category)
     project = find_project(client, title)
+    sdk = client.sdk
     if project is None:
-        project = client.post("/api/projects", {"title": title, "label_config": config})
+        project = to_plain(client.call("POST /api/projects", sdk.projects.create, title=title, label_config=config))
     elif project.get("label_config") != config:
-        client.patch(f"/api/projects/{project['id']}", {"label_config": config})
-    storages = client.get(f"/api/storages/localfiles?project={project['id']}")
-    if not storages:
-        client.post("/api/storages/localfiles", {"project": project["id"], "path": str(Path(image_root).resolve()),
-                                                 "use_blob_urls": False, "title": "semcorr images"})
+        client.call(f"PATCH /api/projects/{project['id']}", sdk.projects.update, project["id"], label_config=config)
+    local = sdk.import_storage.local
+    if not client.call("GET /api/storages/localfiles", local.list, project=project["id"]):
+        client.call("POST /api/storages/localfiles", local.create, project=project["id"], title="semcorr images",
+                    path=str(Path(image_root).resolve()), use_blob_urls=False)
     return int(project["id"])
+
+
+def model_version(round_index: int) -> str:
+    """The `model_version` of the predictions pushed for review round N (made by the round N-1 ALM)."""
+    return f"alm-round-{int(round_index)}"
+
+
+def _prediction(result: list[dict], version: str) -> dict:
+    return {"model_version": version, "score": float(np.mean([r.get("score", 1.0) for r in result] or [1.0])),
+            "result": result}
+
+
+def task_prediction(instances: list[Instance], category: Category, image: ImageInfo, round_index: int,
+                    predictions: dict[int, np.ndarray]) -> dict:
+    """One task's ALM prediction as Label Studio stores it: `model_version`, `score`, `result`.
+
+    The one place a task's prediction is made: `push` sends it, the ML backend answers it.
+    `predictions`: annotation id -> (K, >=4) array (x, y, visibility, calibrated score); each
+    instance gives its box and its visible keypoints (`instance_regions`), every keypoint region
+    scored; the task's score is the mean over its regions (a box counts 1).
+    """
+    result = []
+    for inst in instances:
+        guess = predictions.get(inst.id)
+        if guess is not None:
+            result += instance_regions(inst, category, image, guess[:, :3], guess[:, 3])
+    return _prediction(result, model_version(round_index))
+
+
+def boxes_prediction(instances: list[Instance], category: Category, image: ImageInfo) -> dict:
+    """The boxes alone (a manual round's task), `model_version` "boxes"."""
+    boxes = [r for inst in instances for r in instance_regions(inst, category, image, np.zeros_like(inst.keypoints))]
+    return {**_prediction([], "boxes"), "result": boxes}
 
 
 def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int], round_index: int,
@@ -638,38 +671,29 @@ def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int]
         project_id = ensure_project(client, root, category, dataset.image_root)
         document_root = find_document_root(client, dataset, dataset.images[members[0].image_id])
         existing = {t["data"].get("semcorr_image_id"): t for t in client.all_tasks(project_id)}
-        version = f"alm-round-{round_index}"
+        version = model_version(round_index)
         new_tasks = []
         for image_id in sorted({i.image_id for i in members}):
             image = dataset.images[image_id]
             instances = [i for i in members if i.image_id == image_id]
-            result = []
-            if predictions is not None:
-                for inst in instances:
-                    guess = predictions.get(inst.id)
-                    if guess is not None:
-                        result += instance_regions(inst, category, image, guess[:, :3], guess[:, 3])
-            boxes_only = [r for inst in instances for r in instance_regions(
-                inst, category, image, np.zeros_like(inst.keypoints))]
             task = existing.get(image_id)
             if task is None:
                 entry = {"data": {"image": image_url(dataset, image, document_root), "semcorr_image_id": image_id,
                                   "semcorr_round": round_index}}
-                entry["predictions"] = [{"model_version": version if predictions is not None else "boxes",
-                                         "score": float(np.mean([r.get("score", 1.0) for r in result] or [1.0])),
-                                         "result": result if predictions is not None else boxes_only}]
+                entry["predictions"] = [boxes_prediction(instances, category, image) if predictions is None else
+                                        task_prediction(instances, category, image, round_index, predictions)]
                 new_tasks.append(entry)
                 counts["created"] += 1
             elif predictions is not None and not any(p.get("model_version") == version
                                                      for p in task.get("predictions", [])):
-                client.post("/api/predictions", {"task": task["id"], "model_version": version, "result": result,
-                                                 "score": float(np.mean([r.get("score", 1.0) for r in result]
-                                                                        or [1.0]))})
+                prediction = task_prediction(instances, category, image, round_index, predictions)
+                client.call("POST /api/predictions", client.sdk.predictions.create, task=task["id"], **prediction)
                 counts["predictions"] += 1
             else:
                 counts["skipped"] += 1
         for start in range(0, len(new_tasks), 250):
-            client.post(f"/api/projects/{project_id}/import", new_tasks[start: start + 250])
+            client.call(f"POST /api/projects/{project_id}/import", client.sdk.projects.import_tasks, project_id,
+                        request=new_tasks[start: start + 250])
     return counts
 
 
@@ -684,7 +708,7 @@ def annotator_name(client: LabelStudio, completed_by, cache: dict) -> str:
         return cache[key]
     if user is None or not user.get("email"):
         try:
-            user = client.get(f"/api/users/{int(key)}")
+            user = to_plain(client.call(f"GET /api/users/{int(key)}", client.sdk.users.get, int(key)))
         except (SemcorrError, TypeError, ValueError):
             user = user or {}
     user = user if isinstance(user, dict) else {}
@@ -693,6 +717,12 @@ def annotator_name(client: LabelStudio, completed_by, cache: dict) -> str:
     text = f"{name} <{email}>" if name and email else (email or name or (f"user {key}" if key is not None else ""))
     cache[key] = text
     return text
+
+
+def export_json(client: LabelStudio, project_id: int) -> object:
+    """A project's JSON export, every task (the SDK's export download, parsed)."""
+    chunks = client.sdk.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=True)
+    return json.loads(b"".join(chunks))
 
 
 def pull(client: LabelStudio, root: Path, dataset: Dataset, round_index: int,
@@ -707,14 +737,14 @@ def pull(client: LabelStudio, root: Path, dataset: Dataset, round_index: int,
         project = find_project(client, project_title(root, category.name))
         if project is None:
             continue
-        export = client.get(f"/api/projects/{project['id']}/export?exportType=JSON&download_all_tasks=true")
+        export = client.call(f"GET /api/projects/{project['id']}/export", export_json, client, project["id"])
         if not isinstance(export, list):
             raise SemcorrError(f"{client.url}: the export of project {project['id']} is not a list of tasks; "
                                "check the server version")
         save_raw_export(root, round_index, category.name, export)
         exports.append((category, project, export))
     reviews, users = [], {}
-    version = f"alm-round-{round_index}"
+    version = model_version(round_index)
     for category, project, export in exports:
         predictions_of = {t["id"]: t.get("predictions", []) for t in client.all_tasks(project["id"])}
         for task in export:

@@ -193,6 +193,12 @@ def start(data_dir: Path, port: int | None = None, username: str = "admin@exampl
                 "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
                 "LABEL_STUDIO_USERNAME": credentials["username"], "LABEL_STUDIO_PASSWORD": credentials["password"],
                 "LABEL_STUDIO_USER_TOKEN": credentials["token"]})
+    # The server listens on loopback only, and so does `semcorr review backend`: let it reach an ML backend
+    # there. Label Studio 1.23 also creates a webhook to every ML backend it is given, and its webhook check
+    # refuses loopback addresses unless the default banned subnets are off, so both are needed. This lets the
+    # server fetch URLs on this machine's private networks too; it is meant for one user on one machine.
+    env.setdefault("ML_BLOCK_LOCAL_IP", "false")
+    env.setdefault("USE_DEFAULT_BANNED_SUBNETS", "false")
     log_path = Path(log or data_dir / "server.log")
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

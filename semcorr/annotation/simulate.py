@@ -83,7 +83,8 @@ def review_round(client: LabelStudio, root: Path, truth: Dataset, round_index: i
             members = [i for i in truth.instances if i.image_id == image_id and i.category_id == category.id]
             result, done = reviewed_result(predicted, members, category, truth.images[image_id], accept_fraction,
                                            reviewing=version in versions)
-            client.post(f"/api/tasks/{task['id']}/annotations", {"result": result})
+            client.call(f"POST /api/tasks/{task['id']}/annotations", client.sdk.annotations.create, task["id"],
+                        result=result)
             actions += done
     return actions
 

@@ -31,6 +31,7 @@ Kept instances get `truncated` when they touch the image border (a border cut ab
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ import pandas as pd
 from pycocotools import mask as mask_utils
 
 from semcorr.coco_schema import rle_runs
+from semcorr.engine import LOCAL, Engine, map_chunks
 from semcorr.errors import SemcorrError
 from semcorr.paths import path_problem
 
@@ -61,6 +63,19 @@ def _finite(value, lo: float = -math.inf, hi: float = math.inf) -> bool:
     """An int or float (not bool) that is finite and within [lo, hi]."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             and lo <= value <= hi)
+
+
+def _all_finite(values: list, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    """`_finite(v, lo, hi)` for every value; plain ints and floats in bulk, anything else one by one."""
+    if not values:
+        return True
+    if not set(map(type, values)) <= {int, float}:
+        return all(_finite(v, lo, hi) for v in values)
+    try:
+        total = sum(values)
+    except OverflowError:
+        return False
+    return math.isfinite(total) and lo <= min(values) and max(values) <= hi
 
 
 def is_coco_id(value) -> bool:
@@ -116,8 +131,7 @@ def segmentation_problem(segmentation, height: int, width: int) -> str | None:
         for polygon in segmentation:
             if not isinstance(polygon, list) or len(polygon) % 2:
                 return "a polygon is not a list of x, y pairs"
-            xs, ys = polygon[0::2], polygon[1::2]
-            if not (all(_finite(x, -width, 2 * width) for x in xs) and all(_finite(y, -height, 2 * height) for y in ys)):
+            if not (_all_finite(polygon[0::2], -width, 2 * width) and _all_finite(polygon[1::2], -height, 2 * height)):
                 return "a polygon coordinate is not a finite number near the image"
         if not any(len(polygon) >= 6 for polygon in segmentation):
             return "no polygon has 3 points"
@@ -151,17 +165,45 @@ def decode_mask(segmentation, height: int, width: int) -> np.ndarray:
     Raises:
         SemcorrError: the segmentation is corrupt (see `segmentation_problem`).
     """
+    return mask_utils.decode(segmentation_rle(segmentation, height, width)).astype(bool)
+
+
+def segmentation_rle(segmentation, height: int, width: int) -> dict:
+    """COCO polygon list, uncompressed or compressed RLE -> one pycocotools RLE, without decoding pixels.
+
+    Raises:
+        SemcorrError: the segmentation is corrupt (see `segmentation_problem`).
+    """
     problem = segmentation_problem(segmentation, height, width)
     if problem:
         raise SemcorrError(f"corrupt segmentation: {problem}")
     if isinstance(segmentation, list):
-        rles = mask_utils.frPyObjects([[float(v) for v in p] for p in segmentation if len(p) >= 6], height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+        return mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in segmentation if len(p) >= 6],
+                                                       height, width))
     if isinstance(segmentation["counts"], list):
-        segmentation = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        segmentation = {"size": [height, width], "counts": segmentation["counts"].encode("ascii")}
-    return mask_utils.decode(segmentation).astype(bool)
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return {"size": [height, width], "counts": segmentation["counts"].encode("ascii")}
+
+
+def mask_measures(items: list[tuple]) -> list[tuple[float, float]]:
+    """(mask pixel count, `border_cut`) of each (segmentation, height, width, bbox) item.
+
+    The mask's own box comes from its RLE; only a mask within `BORDER_BAND` of an image edge
+    is decoded (a mask away from every edge has a border cut of 0), so most masks are never
+    expanded to pixels. Items are checked segmentations (see `segmentation_problem`).
+    """
+    out = []
+    for segmentation, height, width, bbox in items:
+        rle = segmentation_rle(segmentation, height, width)
+        area = float(mask_utils.area(rle))
+        x, y, w, h = mask_utils.toBbox(rle).tolist()
+        band = max(1, min(BORDER_BAND, height, width))
+        if area > 0 and x >= band and y >= band and x + w <= width - band and y + h <= height - band:
+            cut = 0.0 if 2.0 * (float(bbox[2]) + float(bbox[3])) > 0 else 1.0
+        else:
+            cut = border_cut(mask_utils.decode(rle).astype(bool), np.asarray(bbox, dtype=np.float64))
+        out.append((area, cut))
+    return out
 
 
 def border_cut(mask: np.ndarray, bbox: np.ndarray | None = None, band: int = BORDER_BAND) -> float:
@@ -238,13 +280,13 @@ def coco_area(ann: dict) -> float | None:
 
 
 def _record_problem(ann, images: dict, image_problems: dict, categories: dict, duplicates: set,
-                    image_dir: Path | None) -> str | None:
+                    image_exists: Callable[[dict], bool]) -> str | None:
     if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
         return "bad_record"
     if not (is_coco_id(ann["id"]) and is_coco_id(ann["image_id"]) and is_coco_id(ann["category_id"])):
         return "bad_record"
     bbox = ann["bbox"]
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and _all_finite(bbox)):
         return "bad_record"
     if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd", 0), float):
         return "bad_record"  # "0" (a string) or 0.5 are not crowd flags
@@ -265,7 +307,7 @@ def _record_problem(ann, images: dict, image_problems: dict, categories: dict, d
     image = images[ann["image_id"]]
     if segmentation_problem(segmentation, image["height"], image["width"]):
         return "bad_segmentation"
-    if image_dir is not None and not (image_dir / image["file_name"]).is_file():
+    if not image_exists(image):
         return "missing_image_file"
     return None
 
@@ -293,13 +335,29 @@ def imported_keypoints(raw, num_keypoints: int, width: int, height: int) -> np.n
 SCREEN_COLUMNS = ["ann_id", "image_id", "category", "area", "truncated", "reason", "index"]
 
 
-def screen_instances(coco: dict, wanted: set[str], options: FilterOptions, image_dir: Path | None = None
-                     ) -> pd.DataFrame:
+def _file_check(image_dir: Path | None) -> Callable[[dict], bool]:
+    """Whether an image record's file exists under `image_dir` (always, without one); one look per image."""
+    seen: dict[int, bool] = {}
+
+    def exists(image: dict) -> bool:
+        if image_dir is None:
+            return True
+        if image["id"] not in seen:
+            seen[image["id"]] = (image_dir / image["file_name"]).is_file()
+        return seen[image["id"]]
+
+    return exists
+
+
+def screen_instances(coco: dict, wanted: set[str], options: FilterOptions, image_dir: Path | None = None,
+                     engine: Engine = LOCAL, chunk_size: int = 5000) -> pd.DataFrame:
     """One row per annotation of a wanted category: ann_id, image_id, category, area, truncated, reason, index.
 
     `reason` is None for a clean instance, else one of RECORD_REASONS or INSTANCE_REASONS;
     `index` is the annotation's position in `coco["annotations"]`. Rows of malformed records
-    carry ann_id / image_id only where they are valid ids (else None).
+    carry ann_id / image_id only where they are valid ids (else None). Records are checked
+    here; the masks of the clean, non-crowd ones are measured (`mask_measures`) in chunks of
+    `chunk_size` by `engine` (local, or Ray tasks), with the same result.
     """
     images, image_problems = checked_images(coco)
     categories = checked_categories(coco)
@@ -310,13 +368,14 @@ def screen_instances(coco: dict, wanted: set[str], options: FilterOptions, image
     for ann in annotations:
         if isinstance(ann, dict) and is_coco_id(ann.get("id")):
             (duplicates if ann["id"] in seen else seen).add(ann["id"])
-    rows = []
+    rows, masks = [], []
+    image_exists = _file_check(image_dir)
     for index, ann in enumerate(annotations):
         category_id = ann.get("category_id") if isinstance(ann, dict) else None
         category = categories.get(category_id) if is_coco_id(category_id) else None
         if category is not None and category not in wanted:
             continue
-        problem = _record_problem(ann, images, image_problems, categories, duplicates, image_dir)
+        problem = _record_problem(ann, images, image_problems, categories, duplicates, image_exists)
         ann_id = ann.get("id") if isinstance(ann, dict) and is_coco_id(ann.get("id")) else None
         image_id = ann.get("image_id") if isinstance(ann, dict) and is_coco_id(ann.get("image_id")) else None
         row = {"ann_id": ann_id, "image_id": image_id, "category": category, "area": 0.0, "truncated": False,
@@ -329,21 +388,26 @@ def screen_instances(coco: dict, wanted: set[str], options: FilterOptions, image
                 row["reason"] = "crowd"
                 row["area"] = area if area is not None else float(bbox[2] * bbox[3])
             else:
-                mask = decode_mask(ann["segmentation"], image["height"], image["width"])
-                area = area if area is not None else float(mask.sum())
-                cut = border_cut(mask, bbox)
-                row.update(area=area, truncated=cut > 0)
-                if area < options.min_area:
-                    row["reason"] = "too_small"
-                elif cut > options.max_border_cut:
-                    row["reason"] = "cut_by_border"
-                elif area / (bbox[2] * bbox[3]) < options.min_fill:
-                    row["reason"] = "sparse_mask"
+                masks.append((len(rows), area, (ann["segmentation"], image["height"], image["width"], ann["bbox"])))
         rows.append(row)
+    measures = map_chunks(engine, mask_measures, [item for *_, item in masks], chunk_size)
+    for (position, area, item), (pixels, cut) in zip(masks, measures):
+        _judge(rows[position], area if area is not None else pixels, cut, item[3], options)
     table = pd.DataFrame(rows, columns=SCREEN_COLUMNS)
     for column in ("ann_id", "image_id"):  # nullable integers: ids stay exact next to malformed records
         table[column] = pd.array([row[column] for row in rows], dtype="Int64")
     return table
+
+
+def _judge(row: dict, area: float, cut: float, bbox: list, options: FilterOptions) -> None:
+    """Fill a clean non-crowd row's area, truncation and instance reason."""
+    row.update(area=area, truncated=cut > 0)
+    if area < options.min_area:
+        row["reason"] = "too_small"
+    elif cut > options.max_border_cut:
+        row["reason"] = "cut_by_border"
+    elif area / (float(bbox[2]) * float(bbox[3])) < options.min_fill:
+        row["reason"] = "sparse_mask"
 
 
 def balanced_pick(image_ids: np.ndarray, counts: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from semcorr.builders import labels
-from semcorr.builders.coco_filter import decode_mask
+from semcorr.builders.coco_filter import segmentation_rle
 from semcorr.errors import SemcorrError
 from semcorr.store import SPLIT_NAMES, Dataset
 
@@ -30,8 +30,8 @@ UNIT_COLUMNS = ["image_id", "category", "split", "num_instances", "num_keypoints
 
 
 def instance_rle(segmentation, height: int, width: int) -> dict:
-    """Any COCO segmentation as compressed RLE."""
-    return mask_utils.encode(np.asfortranarray(decode_mask(segmentation, height, width).astype(np.uint8)))
+    """Any COCO segmentation as one RLE (never expanded to pixels; the same mask, so the same IoUs)."""
+    return segmentation_rle(segmentation, height, width)
 
 
 def misc_units(dataset: Dataset, splits: dict[int, str]) -> tuple[pd.DataFrame, np.ndarray]:

@@ -47,14 +47,25 @@ def export_coco(dataset: Dataset, out_path: Path, pairs: pd.DataFrame | None = N
     atomic.write_json(out_path, coco)
     if pairs is not None:
         sidecar = out_path.with_name(out_path.stem + ".pairs.json")
-        table = pairs.copy()
-        for column in table.columns:
-            if isinstance(table[column].dtype, pd.ArrowDtype):
-                table[column] = pa.array(table[column]).to_pylist()
-        records = json.loads(table.astype({c: str for c in ("category", "split")}).to_json(orient="records"))
-        atomic.write_json(sidecar, {"annotations": out_path.name, "pairs": records})
+        head = json.dumps({"annotations": out_path.name, "pairs": []}, ensure_ascii=False)[:-2]
+        body = ", ".join(_pair_records_json(pairs[start:start + PAIR_CHUNK])
+                         for start in range(0, len(pairs), PAIR_CHUNK))
+        atomic.write_text(sidecar, f"{head}{body}]}}\n")  # the same text as one json.dumps of all records
         written.append(sidecar)
     return written
+
+
+PAIR_CHUNK = 50_000  # pairs converted at a time: the sidecar of a million pairs never exists as Python objects
+
+
+def _pair_records_json(chunk: pd.DataFrame) -> str:
+    """Pairs as JSON records, comma-separated without the enclosing brackets."""
+    table = chunk.copy()
+    for column in table.columns:
+        if isinstance(table[column].dtype, pd.ArrowDtype):
+            table[column] = pa.array(table[column]).to_pylist()
+    records = json.loads(table.astype({c: str for c in ("category", "split")}).to_json(orient="records"))
+    return json.dumps(records, ensure_ascii=False, allow_nan=False)[1:-1]
 
 
 def load_coco_export(path: Path) -> Dataset:

@@ -33,6 +33,7 @@ from semcorr.errors import SemcorrError
 from semcorr.store import SPLIT_NAMES, Dataset, Instance, open_image
 
 MIN_KPS_KEYS = 30
+MAX_SPAIR_KEYPOINTS = 30  # SPair-71k's largest category; common loaders keep this many keypoint slots
 POSES = {0: "Frontal", 2: "Left", 4: "Rear", 6: "Right"}
 VOC_PALETTE = [0, 0, 0, 128, 0, 0] + [0, 0, 0] * 254
 
@@ -46,6 +47,7 @@ class SpairExportReport:
     categories: dict[str, str]
     images: int
     renamed_images: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _safe(text: str) -> str:
@@ -134,8 +136,23 @@ def _check_pairs(pairs: pd.DataFrame) -> None:
             )
 
 
+def check_keypoint_budget(dataset: Dataset, category_names: list[str], allow_over_30: bool) -> list[str]:
+    """Warnings for categories with more than MAX_SPAIR_KEYPOINTS keypoints when `allow_over_30`;
+    otherwise SemcorrError naming the first such category and its count."""
+    counts = {c.name: len(c.keypoints) for c in dataset.categories.values()}
+    over = [(name, counts[name]) for name in sorted(category_names) if counts.get(name, 0) > MAX_SPAIR_KEYPOINTS]
+    if over and not allow_over_30:
+        name, count = over[0]
+        raise SemcorrError(
+            f"annotations.json: category {name!r} has {count} keypoints, more than SPair-71k's "
+            f"{MAX_SPAIR_KEYPOINTS}: common SPair loaders keep {MAX_SPAIR_KEYPOINTS} keypoint slots and drop or fail "
+            "on the rest; design at most 30 (vote-keypoints --max-keypoints 30) or pass --allow-over-30")
+    return [f"category {name!r} has {count} keypoints: common SPair loaders keep only the first "
+            f"{MAX_SPAIR_KEYPOINTS}" for name, count in over]
+
+
 def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
-                 progress: Callable[[int], None] | None = None) -> SpairExportReport:
+                 progress: Callable[[int], None] | None = None, allow_over_30: bool = False) -> SpairExportReport:
     """Write the SPair-71k layout for `pairs` into `out_dir` (replaced atomically).
 
     Args:
@@ -143,10 +160,12 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
         pairs: the SPair pairs table (`build_spair_pairs`).
         out_dir: the export directory.
         progress: called with the number of pair files written, now and then.
+        allow_over_30: export categories with more than 30 keypoints (with a warning) instead of refusing.
     """
     if pairs.empty:
         raise SemcorrError("pairs.parquet: holds no pairs; run `semcorr build-pairs --mode spair` on a split store")
     _check_pairs(pairs)
+    warnings = check_keypoint_budget(dataset, sorted(set(pairs["category"].astype(str))), allow_over_30)
     instances = {inst.id: inst for inst in dataset.instances}
     categories = safe_category_names(sorted(set(pairs["category"].astype(str))))
     units = pd.concat([
@@ -213,7 +232,7 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
         (root / "category_map.json").write_text(json.dumps(
             {"categories": categories, "images": renamed}, indent=1, sort_keys=True) + "\n")
     return SpairExportReport(root=Path(out_dir), pairs_per_split=counts, categories=categories,
-                             images=len(units), renamed_images=renamed)
+                             images=len(units), renamed_images=renamed, warnings=warnings)
 
 
 def _write_pair_files(pairs: pd.DataFrame, dataset: Dataset, names: dict[int, str], categories: dict[str, str],

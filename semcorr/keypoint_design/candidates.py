@@ -18,6 +18,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from semcorr.errors import SemcorrError
+from semcorr.keypoint_design.selection import KIND_PHRASES, region
 from semcorr.keypoint_design.views import ViewRender
 from semcorr.rendering import Part
 
@@ -33,18 +34,28 @@ class Candidates:
         xyz: (N, 3) surface points in the canonical frame.
         strength: (N,) how strongly the scheme proposes each point (its ranking key).
         descriptions: N short text descriptions.
+        kinds: N kind words (keys of selection.KIND_PHRASES: tip, joint, extreme, corner, feature).
     """
 
     scheme: str
     xyz: np.ndarray
     strength: np.ndarray
     descriptions: tuple[str, ...]
+    kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.xyz = np.asarray(self.xyz, dtype=np.float64).reshape(-1, 3)
         self.strength = np.asarray(self.strength, dtype=np.float64).reshape(-1)
-        if not (len(self.xyz) == len(self.strength) == len(self.descriptions)):
-            raise ValueError("xyz, strength and descriptions must have one entry per candidate")
+        if not self.kinds:
+            self.kinds = ("feature",) * len(self.xyz)
+        if not (len(self.xyz) == len(self.strength) == len(self.descriptions) == len(self.kinds)):
+            raise ValueError("xyz, strength, descriptions and kinds must have one entry per candidate")
+
+    def subset(self, keep: np.ndarray) -> Candidates:
+        """The candidates where `keep` (bool, N) is true, in order."""
+        rows = np.flatnonzero(keep)
+        return Candidates(self.scheme, self.xyz[rows], self.strength[rows],
+                          tuple(self.descriptions[i] for i in rows), tuple(self.kinds[i] for i in rows))
 
 
 @dataclass
@@ -66,18 +77,6 @@ def sample_surface(parts: list[Part], count: int = 30000, seed: int = 0) -> Surf
     points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
     points = np.concatenate([np.asarray(points), np.asarray(mesh.vertices)])
     return Surface(points=points, tree=cKDTree(points))
-
-
-def region_words(point: np.ndarray, low: np.ndarray, high: np.ndarray) -> str:
-    """Where a point is on the object: e.g. 'upper front left' (left is the object's own, +x)."""
-    rel = (np.asarray(point) - (low + high) / 2) / np.maximum(high - low, 1e-9)
-    words = []
-    for value, positive, negative in ((rel[1], "upper", "lower"), (rel[2], "front", "back"), (rel[0], "left", "right")):
-        if value > 1 / 6:
-            words.append(positive)
-        elif value < -1 / 6:
-            words.append(negative)
-    return " ".join(words) or "centre"
 
 
 def merge_close(xyz: np.ndarray, radius: float) -> tuple[np.ndarray, list[list[int]]]:
@@ -103,7 +102,9 @@ def merge_close(xyz: np.ndarray, radius: float) -> tuple[np.ndarray, list[list[i
 
 def _rank_and_cap(scheme: str, xyz: np.ndarray, strength: np.ndarray, labels: list[str], surface: Surface,
                   dedup_radius: float, max_count: int, low: np.ndarray, high: np.ndarray) -> Candidates:
-    """Snap, merge near-duplicates (strongest first, strengths summed) and keep the strongest."""
+    """Snap, merge near-duplicates (strongest first, strengths summed) and keep the strongest.
+
+    `labels` are kind words (keys of selection.KIND_PHRASES)."""
     if len(xyz) == 0:
         return Candidates(scheme, np.zeros((0, 3)), np.zeros(0), ())
     snapped = surface.snap(xyz)
@@ -113,8 +114,9 @@ def _rank_and_cap(scheme: str, xyz: np.ndarray, strength: np.ndarray, labels: li
     points = snapped[order][kept]
     texts = [labels[order[k]] for k in kept]
     final = np.argsort(-merged_strength, kind="stable")[:max_count]
-    descriptions = tuple(f"{texts[i]} at the {region_words(points[i], low, high)}" for i in final)
-    return Candidates(scheme, points[final], merged_strength[final], descriptions)
+    descriptions = tuple(f"{KIND_PHRASES[texts[i]]} at the {' '.join(region(points[i], low, high, True)) or 'middle'}"
+                         for i in final)
+    return Candidates(scheme, points[final], merged_strength[final], descriptions, tuple(texts[i] for i in final))
 
 
 def solidify(shell: np.ndarray) -> np.ndarray:
@@ -145,8 +147,12 @@ def skeleton_arms(skeleton: np.ndarray) -> np.ndarray:
 
 
 def skeleton_candidates(surface: Surface, max_count: int = 24, resolution: int = 48,
-                        dedup_radius: float = 0.05) -> Candidates:
-    """End points (limb ends) and branch points of the curve skeleton of the voxelised shape."""
+                        dedup_radius: float = 0.05, snap_to: Surface | None = None) -> Candidates:
+    """End points (limb ends) and branch points of the curve skeleton of the voxelised shape.
+
+    Skeleton voxels lie inside the shape; each is snapped to the nearest point of `snap_to`
+    (default `surface`). Pass the outer surface (points seen from some view) so that, on a mesh
+    of overlapping pieces, no candidate lands on a piece buried inside another."""
     from skimage.morphology import skeletonize
 
     low, high = surface.points.min(axis=0), surface.points.max(axis=0)
@@ -173,9 +179,8 @@ def skeleton_candidates(surface: Surface, max_count: int = 24, resolution: int =
         branch_index = np.array(ndimage.center_of_mass(branches, labelled, range(1, count + 1))) - 2
     points = low + (np.concatenate([end_index, branch_index]).astype(np.float64) + 0.5) * pitch
     strength = np.r_[np.full(len(end_index), 2.0), np.full(len(branch_index), 1.0)]
-    labels = ["skeleton end point (the end of a part)"] * len(end_index)
-    labels += ["skeleton branch point (where parts join)"] * len(branch_index)
-    return _rank_and_cap("skeleton", points, strength, labels, surface, dedup_radius, max_count, low, high)
+    labels = ["tip"] * len(end_index) + ["joint"] * len(branch_index)
+    return _rank_and_cap("skeleton", points, strength, labels, snap_to or surface, dedup_radius, max_count, low, high)
 
 
 def harris_response(image: np.ndarray, sigma: float = 1.5, k: float = 0.05) -> np.ndarray:
@@ -207,11 +212,11 @@ def _contour_points(mask: np.ndarray) -> tuple[np.ndarray, list[str]]:
     pixels = np.argwhere(mask)
     points = [pixels[pixels[:, 0].argmin()], pixels[pixels[:, 0].argmax()],
               pixels[pixels[:, 1].argmin()], pixels[pixels[:, 1].argmax()]]
-    labels = ["silhouette extreme"] * 4
+    labels = ["extreme"] * 4
     corners = response_peaks(harris_response(mask.astype(np.float64), sigma=2.0),
                              min_distance=max(3, mask.shape[0] // 40), threshold_rel=0.1)
     points.extend(corners)
-    labels.extend(["silhouette corner"] * len(corners))
+    labels.extend(["corner"] * len(corners))
     return np.array(points, dtype=np.float64), labels
 
 
@@ -269,5 +274,5 @@ def appearance_candidates(views: list[ViewRender], surface: Surface, max_count: 
     xyz = np.concatenate(points) if points else np.zeros((0, 3))
     strength = np.concatenate(strengths) if strengths else np.zeros(0)
     low, high = surface.points.min(axis=0), surface.points.max(axis=0)
-    labels = ["distinctive corner of shape or texture"] * len(xyz)
+    labels = ["feature"] * len(xyz)
     return _rank_and_cap("appearance", xyz, strength, labels, surface, dedup_radius, max_count, low, high)

@@ -1,15 +1,18 @@
-"""vote-keypoints: from a prototype mesh to a merged, versioned keypoint schema.
+"""vote-keypoints: from a prototype mesh to a versioned keypoint schema a designer can sign off.
 
-Steps: load and normalise the mesh; propose candidates with the three schemes; render the
-six views and test each candidate's visibility there; score every (view, scheme) cell
-from votes or automatic proxies; per view keep the schemes scoring above the threshold;
-merge the kept candidates of all six views (points within `merge_distance` become one);
-find left/right flip pairs by mirror symmetry and wire skeleton edges; version the result
-against the schema already in the output folder.
+Steps: load the mesh (suggesting axes when asked) and normalise it; render the views; propose
+candidates with the three schemes on the outer surface (what some view sees) and drop those no
+grading view sees; score every (view, scheme) cell from votes or automatic proxies; per view keep
+the schemes scoring above the threshold; select at most `max_keypoints` of their candidates, no
+two closer than `min_spacing`, spread over the object and designed on one half of a
+mirror-symmetric object (selection.py); name them from the frame, wire skeleton edges; version
+the result against the schema already in the output folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,26 +28,35 @@ from semcorr import atomic
 from semcorr.errors import SemcorrError
 from semcorr.keypoint_design import candidates as cand
 from semcorr.keypoint_design import scoring, sheets
+from semcorr.keypoint_design import selection as sel
+from semcorr.keypoint_design.axes import axes_preview, geometry_only, suggest_axes, suggest_up
 from semcorr.keypoint_design.views import VIEW_NAMES, orbit_cameras, render_views, visibility_matrix
-from semcorr.keypoint_schema import KeypointSchema, load_schema, parse_axes, schema_to_json
+from semcorr.keypoint_schema import KeypointSchema, load_schema, parse_axes, parse_axis, schema_to_json
 from semcorr.paths import refuse_file_target
 from semcorr.rendering import Renderer
 from semcorr.synth.prototypes import canonical_parts, load_mesh_parts
 
 SCHEMA_FILE = "schema.json"
 VOTES_USED_FILE = "votes_used.csv"
+AXES_PREVIEW_FILE = "axes.png"
+AUTO = "auto"
+OUTER_SAMPLE = 4000  # surface points tested for visibility (outer surface, coverage)
 
 
 @dataclass(frozen=True)
 class DesignOptions:
-    """Options of vote-keypoints (canonical units: the prototype's longest side is 1)."""
+    """Options of vote-keypoints (canonical units: the prototype's longest side is 1).
+
+    `up_axis` / `front_axis` may be "auto": suggested from the mesh (axes.py)."""
 
     up_axis: str = "+y"
     front_axis: str = "+z"
     size: int = 512
     max_candidates: int = 24
     threshold: float = 0.5
-    merge_distance: float = 0.06
+    max_keypoints: int = 30
+    min_spacing: float = 0.1
+    coverage_radius: float = 0.1
     disagreement: float = 0.25
     symmetry_tolerance: float = 0.02
     seed: int = 0
@@ -52,7 +64,13 @@ class DesignOptions:
 
 @dataclass
 class DesignResult:
-    """What vote-keypoints decided and wrote."""
+    """What vote-keypoints decided and wrote.
+
+    Attributes:
+        coverage: per view, the share of the surface seen there within `coverage_radius` of a keypoint.
+        saliency: p10 / median / p90 of the automatic saliency of every visible candidate.
+        annotators: distinct annotators in the votes (0 without votes).
+    """
 
     schema: KeypointSchema
     scores: pd.DataFrame
@@ -61,15 +79,21 @@ class DesignResult:
     version_note: str
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    coverage: dict[str, float] = field(default_factory=dict)
+    saliency: dict[str, float] = field(default_factory=dict)
+    annotators: int = 0
 
 
 def checked_options(options: DesignOptions) -> DesignOptions:
-    """`options` with the axes normalised (x, y, z with an optional sign, any case); SemcorrError with
-    one line naming the option when an axis is unknown, the axes are parallel or a number is out of range."""
-    import dataclasses
-    import math
-
-    up, front = parse_axes(options.up_axis, options.front_axis)
+    """`options` with the axes normalised (x, y, z with an optional sign, any case, or "auto"); SemcorrError
+    with one line naming the option when an axis is unknown, the axes are parallel or a number is out of range."""
+    up_auto = str(options.up_axis).strip().lower() == AUTO
+    front_auto = str(options.front_axis).strip().lower() == AUTO
+    if up_auto or front_auto:
+        up = AUTO if up_auto else parse_axis(options.up_axis, "--up-axis")
+        front = AUTO if front_auto else parse_axis(options.front_axis, "--front-axis")
+    else:
+        up, front = parse_axes(options.up_axis, options.front_axis)
 
     def number(option: str, value: object, low: float, high: float, low_open: bool = False,
                whole: bool = False) -> None:
@@ -83,7 +107,9 @@ def checked_options(options: DesignOptions) -> DesignOptions:
             raise SemcorrError(f"{option} {value!r}: must be {kind} in {bounds}")
 
     number("--threshold", options.threshold, 0.0, 1.0)
-    number("--merge-distance", options.merge_distance, 0.0, 1.0, low_open=True)
+    number("--min-spacing", options.min_spacing, 0.0, 1.0, low_open=True)
+    number("--max-keypoints", options.max_keypoints, 1, 1000, whole=True)
+    number("coverage_radius", options.coverage_radius, 0.0, 2.0, low_open=True)
     number("disagreement", options.disagreement, 0.0, 1.0)
     number("symmetry_tolerance", options.symmetry_tolerance, 0.0, 1.0)
     number("--size", options.size, 64, 4096, whole=True)
@@ -92,39 +118,34 @@ def checked_options(options: DesignOptions) -> DesignOptions:
     return dataclasses.replace(options, up_axis=up, front_axis=front)
 
 
-def merge_chosen(candidate_sets: list[cand.Candidates], visibility: dict[str, np.ndarray], chosen: pd.Series,
-                 merge_distance: float) -> tuple[np.ndarray, list[dict]]:
-    """Merge the candidates of the chosen (view, scheme) cells that are visible in that view.
+def candidate_pool(candidate_sets: list[cand.Candidates], visibility: dict[str, np.ndarray], decided: pd.DataFrame
+                   ) -> sel.Pool:
+    """The candidates of the chosen (view, scheme) cells that are visible in that view.
+
+    A candidate's score is the best total of the chosen cells proposing it, times
+    (0.5 + 0.5 x its strength relative to its scheme's strongest), so within a cell the
+    scheme's own ranking decides.
 
     Args:
-        candidate_sets: one per scheme, in SCHEMES order.
+        candidate_sets: one per scheme.
         visibility: scheme -> (6, N) bool, views in VIEW_NAMES order.
-        chosen: bool, indexed by (view, scheme).
-        merge_distance: points closer than this become one (the first, in scheme order, stays).
-
-    Returns:
-        xyz: (M, 3) merged keypoints.
-        sources: per keypoint, {"scheme", "schemes", "views", "description"}.
+        decided: `total` and `chosen` per (view, scheme).
     """
-    points, info = [], []
+    xyz, score, views, schemes, kinds = [], [], [], [], []
     for cands in candidate_sets:
+        chosen = np.array([bool(decided["chosen"].get((view, cands.scheme), False)) for view in VIEW_NAMES])
+        totals = np.array([float(decided["total"].get((view, cands.scheme), 0.0)) for view in VIEW_NAMES])
+        strongest = max(float(cands.strength.max()), 1e-12) if len(cands.strength) else 1.0
         for index in range(len(cands.xyz)):
-            views = [view for v, view in enumerate(VIEW_NAMES)
-                     if chosen.get((view, cands.scheme), False) and visibility[cands.scheme][v, index]]
-            if views:
-                points.append(cands.xyz[index])
-                info.append({"scheme": cands.scheme, "views": views, "description": cands.descriptions[index]})
-    if not points:
-        return np.zeros((0, 3)), []
-    xyz = np.array(points)
-    kept, groups = cand.merge_close(xyz, merge_distance)
-    sources = []
-    for keep, group in zip(kept, groups):
-        views = sorted({v for g in group for v in info[g]["views"]}, key=VIEW_NAMES.index)
-        schemes = sorted({info[g]["scheme"] for g in group}, key=cand.SCHEMES.index)
-        sources.append({"scheme": info[keep]["scheme"], "schemes": schemes, "views": views,
-                        "description": info[keep]["description"]})
-    return xyz[kept], sources
+            proposing = chosen & visibility[cands.scheme][:, index]
+            if proposing.any():
+                xyz.append(cands.xyz[index])
+                score.append(totals[proposing].max() * (0.5 + 0.5 * cands.strength[index] / strongest))
+                views.append(proposing)
+                schemes.append(cands.scheme)
+                kinds.append(cands.kinds[index])
+    return sel.Pool(np.array(xyz).reshape(-1, 3), np.array(score), np.array(views).reshape(-1, len(VIEW_NAMES)),
+                    tuple(schemes), tuple(kinds))
 
 
 def is_mirror_symmetric(surface_points: np.ndarray, tolerance: float) -> bool:
@@ -135,36 +156,12 @@ def is_mirror_symmetric(surface_points: np.ndarray, tolerance: float) -> bool:
     return float(np.mean(distance)) <= tolerance
 
 
-def flip_pairs(xyz: np.ndarray, max_distance: float, on_plane: float = 0.02) -> list[tuple[int, int]]:
-    """(left, right) index pairs: mutual nearest mirror images (x -> -x) within `max_distance`.
-
-    Left is the object's own left (+x); points within `on_plane` of the mirror plane pair with nobody.
-    """
-    if len(xyz) < 2:
-        return []
-    mirrored = xyz * np.array([-1.0, 1.0, 1.0])
-    distance = np.linalg.norm(mirrored[:, None, :] - xyz[None, :, :], axis=2)
-    pairs = []
-    for left in np.flatnonzero(xyz[:, 0] > on_plane):
-        right = int(np.argmin(distance[left]))
-        if (xyz[right, 0] < -on_plane and distance[left, right] <= max_distance
-                and int(np.argmin(distance[:, right])) == left):
-            pairs.append((int(left), right))
-    return pairs
-
-
 def skeleton_edges(xyz: np.ndarray) -> list[tuple[int, int]]:
     """Edges of the Euclidean minimum spanning tree over the keypoints (sorted index pairs)."""
     if len(xyz) < 2:
         return []
     tree = minimum_spanning_tree(squareform(pdist(xyz))).tocoo()
     return sorted((int(min(a, b)), int(max(a, b))) for a, b in zip(tree.row, tree.col))
-
-
-def keypoint_names(xyz: np.ndarray) -> tuple[str, ...]:
-    """kpNN_<region>, e.g. kp03_upper_front_left."""
-    low, high = xyz.min(axis=0), xyz.max(axis=0)
-    return tuple(f"kp{i:02d}_{cand.region_words(p, low, high).replace(' ', '_')}" for i, p in enumerate(xyz))
 
 
 def id_map(old: np.ndarray, new: np.ndarray, max_distance: float) -> dict[str, int | None]:
@@ -193,7 +190,7 @@ def _previous_schema(out_dir: Path, category: str) -> KeypointSchema | None:
     return previous
 
 
-def _version(out_dir: Path, category: str, canonical: np.ndarray, names: tuple[str, ...], merge_distance: float
+def _version(out_dir: Path, category: str, canonical: np.ndarray, names: tuple[str, ...], max_distance: float
              ) -> tuple[int, dict | None, str]:
     """(version, id map or None, note) against the schema already in `out_dir`."""
     previous = _previous_schema(out_dir, category)
@@ -204,40 +201,33 @@ def _version(out_dir: Path, category: str, canonical: np.ndarray, names: tuple[s
     if previous.names == names and old.shape == canonical.shape and np.allclose(old, canonical, atol=1e-6):
         return previous.version, None, f"unchanged, version {previous.version}"
     version = previous.version + 1
-    return version, id_map(old, canonical, merge_distance), f"changed: version {previous.version} -> {version}"
+    return version, id_map(old, canonical, max_distance), f"changed: version {previous.version} -> {version}"
 
 
-def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: Path | None = None,
-                     options: DesignOptions = DesignOptions(), progress: Callable[[str], None] | None = None
-                     ) -> DesignResult:
-    """Run vote-keypoints and write its outputs into `out_dir` (nothing is written on error)."""
-    say = progress or (lambda _step: None)
-    out_dir = Path(out_dir)
-    options = checked_options(options)
-    refuse_file_target(out_dir, "--out")
-    votes = scoring.load_votes(votes_path) if votes_path is not None else None
-    votes_bytes = Path(votes_path).read_bytes() if votes_path is not None else None
-    _previous_schema(out_dir, category)
-    raw_parts = load_mesh_parts(mesh_path)
-    try:
-        parts, transform = canonical_parts(raw_parts, options.up_axis, options.front_axis)
-    except ValueError as exc:
-        raise SemcorrError(f"--up-axis/--front-axis: {exc}") from None
-    say("sampling the surface")
-    surface = cand.sample_surface(parts, seed=options.seed)
-    say("rendering views")
-    with Renderer(options.size, options.size) as renderer:
-        all_views = render_views(renderer, parts, orbit_cameras(options.size))
-    six = [v for v in all_views if v.name in VIEW_NAMES]
-    say("skeleton candidates")
-    candidate_sets = [cand.skeleton_candidates(surface, options.max_candidates)]
-    say("contour candidates")
-    candidate_sets.append(cand.contour_candidates(all_views, surface, options.max_candidates))
-    say("appearance candidates")
-    candidate_sets.append(cand.appearance_candidates(all_views, surface, options.max_candidates))
-    visibility = {c.scheme: visibility_matrix(six, c.xyz) for c in candidate_sets}
-    say("scoring")
-    automatic = scoring.automatic_scores(six, candidate_sets, visibility)
+def resolve_axes(mesh_path: Path, raw_parts: list, options: DesignOptions) -> tuple[DesignOptions, list[str]]:
+    """`options` with "auto" axes replaced by the suggestion (axes.py), and notes for the user: the
+    suggestion with its reason, or a hint when the given up axis is not the one the mesh rests on."""
+    gltf = Path(mesh_path).suffix.lower() in (".glb", ".gltf")
+    if AUTO not in (options.up_axis, options.front_axis):
+        suggested_up = "+y" if gltf else suggest_up(geometry_only(raw_parts), options.front_axis)[0]
+        if suggested_up != options.up_axis and suggested_up[1] != options.front_axis[1]:
+            hint = (f"axes: the mesh stands on its largest footprint with {suggested_up} up, not "
+                    f"{options.up_axis}; check {AXES_PREVIEW_FILE}, and pass --up-axis {suggested_up} or "
+                    "--up-axis auto if it is upside down or on its side")
+            return options, [hint]
+        return options, []
+    up, front, reason = suggest_axes(raw_parts, None if options.up_axis == AUTO else options.up_axis,
+                                     front_axis=None if options.front_axis == AUTO else options.front_axis,
+                                     seed=options.seed, gltf=gltf)
+    return (dataclasses.replace(options, up_axis=up, front_axis=front),
+            [f"axes suggested: up {up}, front {front} ({reason}); check {AXES_PREVIEW_FILE}"])
+
+
+def score_cells(six: list, candidate_sets: list[cand.Candidates], visibility: dict[str, np.ndarray],
+                votes: pd.DataFrame | None, options: DesignOptions
+                ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float], np.ndarray, list[str]]:
+    """(score table for scores.csv, decided totals and choices, agreement, pooled automatic saliency, notes)."""
+    automatic, saliency = scoring.automatic_scores(six, candidate_sets, visibility)
     table = automatic.add_prefix("auto_")
     agreement: dict[str, float] = {}
     used = automatic.copy()
@@ -260,27 +250,94 @@ def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: 
     else:
         table["source"] = "automatic"
     decided = scoring.choose(used, options.threshold)
+    voted_views = set(table.index[table["source"] != "automatic"].get_level_values("view"))
+    decided, stand_ins = scoring.best_stands_in(decided, [v for v in VIEW_NAMES if v not in voted_views])
+    if stand_ins:
+        notes.append("no scheme above --threshold in view(s) " + ", ".join(f"{v} (best: {s} {t:.2f})"
+                     for v, s, t in stand_ins) + " on automatic scores: the best scheme there stands in, so every "
+                     "view contributes")
     table["auto_total"] = scoring.weighted_total(automatic)
     table["total"], table["chosen"] = decided["total"], decided["chosen"]
+    return table, decided, agreement, saliency, notes
 
-    xyz, sources = merge_chosen(candidate_sets, visibility, decided["chosen"], options.merge_distance)
+
+def _drop_unseen(six: list, candidate_sets: list[cand.Candidates]
+                 ) -> tuple[list[cand.Candidates], dict[str, np.ndarray], dict[str, int]]:
+    """(candidates seen in some grading view, their (6, N) visibility per scheme, dropped count per scheme)."""
+    everything = np.concatenate([c.xyz for c in candidate_sets])
+    seen_all = visibility_matrix(six, everything)
+    kept, visibility, hidden = [], {}, {}
+    start = 0
+    for cands in candidate_sets:
+        seen = seen_all[:, start: start + len(cands.xyz)]
+        start += len(cands.xyz)
+        keep = seen.any(axis=0)
+        hidden[cands.scheme] = int((~keep).sum())
+        kept.append(cands.subset(keep))
+        visibility[cands.scheme] = seen[:, keep]
+    return kept, visibility, hidden
+
+
+def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: Path | None = None,
+                     options: DesignOptions = DesignOptions(), progress: Callable[[str], None] | None = None
+                     ) -> DesignResult:
+    """Run vote-keypoints and write its outputs into `out_dir` (nothing is written on error)."""
+    say = progress or (lambda _step: None)
+    out_dir = Path(out_dir)
+    options = checked_options(options)
+    refuse_file_target(out_dir, "--out")
+    votes = scoring.load_votes(votes_path) if votes_path is not None else None
+    votes_bytes = Path(votes_path).read_bytes() if votes_path is not None else None
+    _previous_schema(out_dir, category)
+    raw_parts = load_mesh_parts(mesh_path)
+    options, notes = resolve_axes(mesh_path, raw_parts, options)
+    parts, transform = canonical_parts(raw_parts, options.up_axis, options.front_axis)
+    say("sampling the surface")
+    surface = cand.sample_surface(parts, seed=options.seed)
+    say("rendering views")
+    with Renderer(options.size, options.size) as renderer:
+        all_views = render_views(renderer, parts, orbit_cameras(options.size))
+    six = [v for v in all_views if v.name in VIEW_NAMES]
+    sample = surface.points[:: max(1, len(surface.points) // OUTER_SAMPLE)]
+    surface_seen = visibility_matrix(all_views, sample)  # the outer surface: what some view sees
+    outer_points = sample[surface_seen.any(axis=0)]
+    outer = cand.Surface(outer_points, cKDTree(outer_points))
+    say("skeleton candidates")
+    candidate_sets = [cand.skeleton_candidates(surface, options.max_candidates, snap_to=outer)]
+    say("contour candidates")
+    candidate_sets.append(cand.contour_candidates(all_views, surface, options.max_candidates))
+    say("appearance candidates")
+    candidate_sets.append(cand.appearance_candidates(all_views, surface, options.max_candidates))
+    candidate_sets, visibility, hidden = _drop_unseen(six, candidate_sets)
+    if any(hidden.values()):
+        notes.append("candidates seen from no view, dropped: " + ", ".join(f"{k} {v}" for k, v in hidden.items()))
+    say("scoring")
+    table, decided, agreement, saliency, vote_notes = score_cells(six, candidate_sets, visibility, votes, options)
+    notes += vote_notes
+
+    pool = candidate_pool(candidate_sets, visibility, decided)
+    symmetric = is_mirror_symmetric(surface.points, options.symmetry_tolerance)
+    chosen = sel.select_keypoints(pool, outer_points, options.max_keypoints, options.min_spacing, symmetric,
+                                  seen=lambda points: visibility_matrix(six, points).any(axis=0))
+    xyz = chosen.xyz
     if len(xyz) == 0:
         raise SemcorrError(f"{mesh_path}: no (view, scheme) cell scored above {options.threshold}; no keypoints "
                            "chosen: lower --threshold or give votes")
-    names = keypoint_names(xyz)
-    symmetric = is_mirror_symmetric(surface.points, options.symmetry_tolerance)
-    flips = flip_pairs(xyz, options.merge_distance) if symmetric else []
-    version, mapping, note = _version(out_dir, category, xyz, names, options.merge_distance)
-    mesh_xyz = trimesh.transform_points(xyz, np.linalg.inv(transform))
-    mesh_ref = Path(mesh_path).expanduser().resolve()
+    low, high = surface.points.min(axis=0), surface.points.max(axis=0)
+    names, descriptions = sel.name_keypoints(chosen, [pool.kind[i] for i in chosen.source], low, high)
+    seen_in = visibility_matrix(six, xyz)
+    coverage = sel.coverage(sample, surface_seen[:len(six)], xyz, options.coverage_radius)
+    version, mapping, note = _version(out_dir, category, xyz, names, options.min_spacing)
     schema = KeypointSchema(
-        category=category, names=names, xyz=mesh_xyz,
-        descriptions=tuple(s["description"] for s in sources),
-        skeleton=tuple(skeleton_edges(xyz)), flip_pairs=tuple(flips), version=version,
-        up_axis=options.up_axis, front_axis=options.front_axis, mesh=mesh_ref,
+        category=category, names=names, xyz=trimesh.transform_points(xyz, np.linalg.inv(transform)),
+        descriptions=descriptions, skeleton=tuple(skeleton_edges(xyz)), flip_pairs=chosen.pairs, version=version,
+        up_axis=options.up_axis, front_axis=options.front_axis, mesh=Path(mesh_path).expanduser().resolve(),
         extra={"id_map": mapping} if mapping is not None else {},
-        keypoint_extra=tuple({"scheme": s["scheme"], "schemes": s["schemes"], "views": s["views"],
-                              "xyz_canonical": [round(float(v), 6) for v in p]} for s, p in zip(sources, xyz)),
+        keypoint_extra=tuple({"scheme": pool.scheme[source],
+                              "views": [v for v, on in zip(VIEW_NAMES, chosen.views[k]) if on],
+                              "visible_in": [v for v, on in zip(VIEW_NAMES, seen_in[:, k]) if on],
+                              "xyz_canonical": [round(float(v), 6) for v in xyz[k]]}
+                             for k, source in enumerate(chosen.source)),
     )
     say("writing")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,11 +346,16 @@ def design_keypoints(mesh_path: Path, category: str, out_dir: Path, votes_path: 
         atomic.write_bytes(out_dir / VOTES_USED_FILE, votes_bytes)
         files.append(out_dir / VOTES_USED_FILE)
     written, sheet_notes = sheets.write_outputs(out_dir, schema, table, candidate_sets, visibility, six, version)
-    files += written
+    atomic.write_bytes(out_dir / AXES_PREVIEW_FILE, axes_preview(six, options.up_axis, options.front_axis))
+    files += [*written, out_dir / AXES_PREVIEW_FILE]
     files.insert(0, _write_schema(out_dir, schema))
     return DesignResult(schema=schema, scores=table, agreement=agreement, candidates=candidate_sets,
                         version_note=note + ("" if symmetric else "; not mirror-symmetric: no flip pairs"),
-                        files=files, notes=notes + sheet_notes)
+                        files=files, notes=notes + sheet_notes,
+                        coverage=dict(zip(VIEW_NAMES, (float(c) for c in coverage))),
+                        saliency=dict(zip(("p10", "median", "p90"), np.quantile(saliency, [0.1, 0.5, 0.9]).tolist()))
+                        if len(saliency) else {},
+                        annotators=int(votes["annotator"].nunique()) if votes is not None else 0)
 
 
 def _write_schema(out_dir: Path, schema: KeypointSchema) -> Path:

@@ -4,9 +4,12 @@ From annotators: a votes CSV (`annotator, view, scheme, saliency, completeness, 
 averaged per cell, with Krippendorff's alpha (interval metric) per criterion and a flag
 where annotators disagree strongly. Automatic proxies, computed from the renders:
 
-- saliency: mean, over the scheme's points visible in the view, of the local corner
-  strength of the render (Harris response at the point, divided by the 95th percentile
-  of the response inside the object, clipped to 1): distinctive points score high;
+- saliency: mean, over the scheme's points visible in the view, of the rank of the local
+  corner strength (the largest Harris response of the render within 2 pixels of the point)
+  among the same strengths of all object pixels of that view (a mid-rank in [0, 1]: 0.99
+  means stronger than 99% of the object). Rank-based, so it never divides by a near-zero
+  percentile: a point on a large flat face (response 0 there, tied with most pixels) gets
+  about the share of the object that is weaker or flat, and corners grade near 1;
 - completeness: share of the view's silhouette within `coverage_radius` (a fraction of
   the silhouette's bounding-box diagonal) of some visible point;
 - uniformity: 1 - coefficient of variation of the visible points' nearest-neighbour
@@ -47,6 +50,27 @@ def choose(scores: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     out["total"] = weighted_total(out)
     out["chosen"] = out["total"] > threshold + 1e-9  # strictly above, robust to float rounding
     return out
+
+
+def best_stands_in(decided: pd.DataFrame, views: list[str]) -> tuple[pd.DataFrame, list[tuple[str, str, float]]]:
+    """For each of `views` where no scheme is chosen, choose its best-scoring scheme.
+
+    Used on automatic scores only (a view the annotators scored keeps their verdict), so that
+    every view contributes to the merged set as MISC210K's six-view design intends.
+
+    Returns:
+        the updated table and (view, scheme, total) of each stand-in.
+    """
+    out = decided.copy()
+    stand_ins = []
+    for view in views:
+        rows = out.xs(view, level="view", drop_level=False) if view in out.index.get_level_values("view") else None
+        if rows is None or rows.empty or rows["chosen"].any():
+            continue
+        best = rows["total"].idxmax()
+        out.loc[best, "chosen"] = True
+        stand_ins.append((view, best[1], float(rows.loc[best, "total"])))
+    return out, stand_ins
 
 
 # ---------------------------------------------------------------------------- votes
@@ -161,22 +185,34 @@ def agreement(votes: pd.DataFrame) -> dict[str, float]:
 # ---------------------------------------------------------------------------- automatic proxies
 
 
-def _corner_strength(view: ViewRender) -> np.ndarray:
-    response = np.maximum(view.corner_response, 0.0)
-    inside = response[ndimage.binary_dilation(view.mask, iterations=2)]
-    scale = float(np.percentile(inside, 95)) if inside.size else 0.0
-    return np.clip(response / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(response)
+def corner_rank_map(view: ViewRender) -> np.ndarray:
+    """(H, W) saliency per pixel: mid-rank in [0, 1] of the 5 x 5 maximum of the Harris response
+    among the same maxima over the object (mask dilated by 2 pixels); 0 when the view is empty."""
+    window = ndimage.maximum_filter(np.maximum(view.corner_response, 0.0), size=5)
+    inside = np.sort(window[ndimage.binary_dilation(view.mask, iterations=2)])
+    if inside.size == 0:
+        return np.zeros_like(window)
+    below = np.searchsorted(inside, window, side="left")
+    through = np.searchsorted(inside, window, side="right")
+    return (below + through) / (2.0 * inside.size)
 
 
-def cell_scores(view: ViewRender, xy: np.ndarray, strength_map: np.ndarray, coverage_radius: float = 0.15) -> dict:
+def point_saliency(view: ViewRender, xy: np.ndarray, rank_map: np.ndarray) -> np.ndarray:
+    """(M,) saliency of image points `xy` (M, 2): the rank map at their pixels."""
+    height, width = rank_map.shape
+    cols = np.clip(np.asarray(xy)[:, 0].astype(int), 0, width - 1)
+    rows = np.clip(np.asarray(xy)[:, 1].astype(int), 0, height - 1)
+    return rank_map[rows, cols]
+
+
+def cell_scores(view: ViewRender, xy: np.ndarray, rank_map: np.ndarray, coverage_radius: float = 0.15) -> dict:
     """Automatic saliency, completeness, uniformity of the visible points `xy` (M, 2) in one view."""
     if len(xy) == 0 or not view.mask.any():
         return {"saliency": 0.0, "completeness": 0.0, "uniformity": 0.0}
     height, width = view.mask.shape
     cols = np.clip(xy[:, 0].astype(int), 0, width - 1)
     rows = np.clip(xy[:, 1].astype(int), 0, height - 1)
-    window = ndimage.maximum_filter(strength_map, size=5)
-    saliency = float(window[rows, cols].mean())
+    saliency = float(point_saliency(view, xy, rank_map).mean())
     object_pixels = np.argwhere(view.mask)
     span = object_pixels.max(axis=0) - object_pixels.min(axis=0)
     radius = coverage_radius * float(np.hypot(*span))
@@ -192,19 +228,22 @@ def cell_scores(view: ViewRender, xy: np.ndarray, strength_map: np.ndarray, cove
 
 
 def automatic_scores(views: list[ViewRender], candidates: list[Candidates], visibility: dict[str, np.ndarray]
-                     ) -> pd.DataFrame:
-    """The proxies for every (view, scheme) cell, indexed by (view, scheme).
+                     ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The proxies for every (view, scheme) cell, indexed by (view, scheme), and the saliency of
+    every visible (view, candidate) (pooled, for the summary's distribution).
 
     Args:
         views: the six grading views.
         candidates: one Candidates per scheme.
         visibility: scheme -> (num_views, N) bool visibility of its candidates.
     """
-    rows = []
+    rows, pooled = [], [np.zeros(0)]
     for view_index, view in enumerate(views):
-        strength_map = _corner_strength(view)
+        rank_map = corner_rank_map(view)
         for cand in candidates:
             seen = visibility[cand.scheme][view_index]
             xy, _ = view.camera.project(cand.xyz[seen])
-            rows.append({"view": view.name, "scheme": cand.scheme, **cell_scores(view, xy, strength_map)})
-    return pd.DataFrame(rows).set_index(["view", "scheme"])
+            rows.append({"view": view.name, "scheme": cand.scheme, **cell_scores(view, xy, rank_map)})
+            if len(xy):
+                pooled.append(point_saliency(view, xy, rank_map))
+    return pd.DataFrame(rows).set_index(["view", "scheme"]), np.concatenate(pooled)

@@ -27,12 +27,37 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def keypoint_panel(view: ViewRender, schema: KeypointSchema, view_index: int) -> tuple[Image.Image, str]:
+    """The schema's keypoints seen in this view, numbered by id (0-based, as exported): left
+    partners orange, right partners purple, the rest black; flip pairs joined by a thin line."""
+    size = view.color.shape[0]
+    image = Image.fromarray(view.color.copy())
+    draw = ImageDraw.Draw(image)
+    xyz = np.array([extra["xyz_canonical"] for extra in schema.keypoint_extra], dtype=np.float64).reshape(-1, 3)
+    seen = np.array([VIEW_NAMES[view_index] in extra.get("visible_in", ()) for extra in schema.keypoint_extra])
+    xy, _ = view.camera.project(xyz)
+    colors = {i: (255, 127, 14) for i, _ in schema.flip_pairs} | {j: (148, 103, 189) for _, j in schema.flip_pairs}
+    for left, right in schema.flip_pairs:
+        if seen[left] and seen[right]:
+            draw.line([tuple(xy[left]), tuple(xy[right])], fill=(150, 150, 150), width=1)
+    radius, small = max(4, size // 90), _font(max(10, size // 40))
+    for number, ((x, y), visible) in enumerate(zip(xy, seen)):
+        if visible:
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colors.get(number, (0, 0, 0)),
+                         outline="white")
+            draw.text((x + radius + 1, y - radius - 2), str(number), fill="black", font=small,
+                      stroke_width=2, stroke_fill="white")
+    return image, f"{view.name}: {int(seen.sum())} of {len(xyz)} keypoints seen"
+
+
 def contact_sheet(view: ViewRender, candidate_sets: list[Candidates], visibility: dict[str, np.ndarray],
-                  view_index: int, scores: pd.DataFrame) -> Image.Image:
-    """One view: a panel per scheme with its visible candidates drawn and numbered (1-based)."""
+                  view_index: int, scores: pd.DataFrame, schema: KeypointSchema | None = None) -> Image.Image:
+    """One view: a panel per scheme with its visible candidates drawn and numbered (1-based), and
+    a last panel with the schema's keypoints when `schema` is given."""
     size = view.color.shape[0]
     header = max(28, size // 14)
-    sheet = Image.new("RGB", (size * len(candidate_sets), size + header), "white")
+    panels = len(candidate_sets) + (schema is not None)
+    sheet = Image.new("RGB", (size * panels, size + header), "white")
     font, small = _font(max(12, size // 28)), _font(max(10, size // 40))
     for panel, cands in enumerate(candidate_sets):
         image = Image.fromarray(view.color.copy())
@@ -53,6 +78,12 @@ def contact_sheet(view: ViewRender, candidate_sets: list[Candidates], visibility
         label = f"{view.name} / {cands.scheme}: {int(seen.sum())} visible, total {row['total']:.2f} ({verdict})"
         ImageDraw.Draw(sheet).text((panel * size + 6, 4), label, fill="black", font=font)
         ImageDraw.Draw(sheet).line([(panel * size, 0), (panel * size, size + header)], fill=(160, 160, 160))
+    if schema is not None:
+        image, label = keypoint_panel(view, schema, view_index)
+        sheet.paste(image, (len(candidate_sets) * size, header))
+        ImageDraw.Draw(sheet).text((len(candidate_sets) * size + 6, 4), label, fill="black", font=font)
+        ImageDraw.Draw(sheet).line([(len(candidate_sets) * size, 0), (len(candidate_sets) * size, size + header)],
+                                   fill=(160, 160, 160))
     return sheet
 
 
@@ -133,7 +164,7 @@ def write_outputs(out_dir: Path, schema: KeypointSchema, scores: pd.DataFrame, c
     files, notes = [], []
     for index, view in enumerate(views):
         buffer = io.BytesIO()
-        contact_sheet(view, candidate_sets, visibility, index, scores).save(buffer, format="PNG")
+        contact_sheet(view, candidate_sets, visibility, index, scores, schema).save(buffer, format="PNG")
         path = out_dir / f"contact_{view.name}.png"
         atomic.write_bytes(path, buffer.getvalue())
         files.append(path)

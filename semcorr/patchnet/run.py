@@ -113,26 +113,29 @@ class QcResult:
     chains: int = 0
 
 
-def run_qc(root: Path, checkpoint: Path, out_dir: Path, top: int = 20, split: str = "all", triples: int = 20,
+def run_qc(root: Path, checkpoint: Path | None, out_dir: Path, top: int = 20, split: str = "all", triples: int = 20,
            seed: int = 0, architecture: str | None = None) -> QcResult:
-    """Score every annotated correspondence of the pairs table, rank suspect keypoints and images,
-    check cycle consistency on multi-instance (MISC) pairs; write CSVs and a contact sheet."""
+    """Give every labelled keypoint its mask, shape, swap and appearance cues and one combined
+    suspicion (`qc.check_keypoints`); rank keypoints and images; check cycle consistency on
+    multi-instance (MISC) pairs; write CSVs and a contact sheet.
+
+    Without `checkpoint` the appearance cue compares non-learned gradient descriptors.
+    """
     dataset = store.load_dataset(root)
     pairs = store.load_pairs(root, dataset)
     if split != "all":
         pairs = pairs[pairs.split.astype(str) == split]
     if pairs.empty:
         raise SemcorrError(f"{Path(root) / store.PAIRS_FILE}: no pairs to check in split {split!r}")
-    model = load_checkpoint(checkpoint, architecture)
-    bank = qc.patch_bank(dataset, grayscale=model.channels == 1)
-    correspondences = qc.correspondence_scores(dataset, pairs, model, bank)
-    if correspondences.empty:
-        raise SemcorrError(f"{Path(root) / store.PAIRS_FILE}: its pairs share no visible keypoint to compare")
-    suspects = qc.rank_suspects(correspondences, bank)
+    model = load_checkpoint(checkpoint, architecture) if checkpoint is not None else None
+    bank = qc.patch_bank(dataset, grayscale=model is None or model.channels == 1)
+    scorer = qc.network_scorer(model, bank) if model is not None else qc.descriptor_scorer(bank)
+    correspondences = qc.correspondence_scores(dataset, pairs, scorer, bank)
+    suspects = qc.check_keypoints(dataset, correspondences, bank)
     images = qc.image_suspicion(suspects)
     cycles, chains = pd.DataFrame(columns=["category", "kind"]), 0
     if "src_ann_id" not in pairs.columns:  # multi-instance (MISC) pairs
-        checked = [qc.cycle_check(model, bank, qc.image_triples(pairs, name, triples, seed), name)
+        checked = [qc.cycle_check(scorer, bank, qc.image_triples(pairs, name, triples, seed), name)
                    for name in sorted(pairs.category.astype(str).unique())]
         cycles = pd.concat([c for c, _ in checked], ignore_index=True)
         chains = sum(n for _, n in checked)
@@ -142,14 +145,23 @@ def run_qc(root: Path, checkpoint: Path, out_dir: Path, top: int = 20, split: st
     for name, table in (("suspects.csv", suspects), ("suspect_images.csv", images), ("cycles.csv", cycles)):
         atomic.write_text(out_dir / name, table.to_csv(index=False, float_format="%.4f"))
         files.append(out_dir / name)
-    files.append(qc.suspect_sheet(bank, suspects, correspondences, out_dir / "suspects.png", top))
+    files.append(qc.suspect_sheet(dataset, bank, suspects, correspondences, out_dir / "suspects.png", top))
     return QcResult(suspects, images, cycles, len(correspondences), bank.padded, files, chains)
+
+
+def task_notes(suspects: pd.DataFrame, image_ids: list[int], per_image: int = 3) -> dict[int, str]:
+    """Per image: its most suspect keypoints with the cue that fired, for the reviewer to look at first."""
+    chosen = suspects[suspects.image_id.isin(image_ids) & (suspects.cue != "")]
+    return {int(image_id): "; ".join(f"{r.name} (ann {r.ann_id}): {r.cue} - {r.reason}"
+                                     for r in group.head(per_image).itertuples())
+            for image_id, group in chosen.groupby("image_id", sort=True)}
 
 
 def push_suspects(root: Path, suspects: pd.DataFrame, round_index: int, url: str | None, token: str | None,
                   top: int) -> dict[str, int]:
     """Send the images of the `top` suspects to Label Studio as a review round: the current labels
-    go as predictions, each keypoint's score 1 minus its share of the worst suspicion."""
+    go as predictions, each keypoint's score 1 minus its share of the worst suspicion; each task's
+    data gets `semcorr_qc`, the suspects and the cue that fired (`task_notes`)."""
     from semcorr.annotation import review
     from semcorr.annotation.labelstudio import LabelStudio
 
@@ -163,4 +175,16 @@ def push_suspects(root: Path, suspects: pd.DataFrame, round_index: int, url: str
         if inst.image_id in image_ids:
             confidence = [1.0 - max(0.0, suspicion.get((inst.id, k), 0.0)) / worst for k in range(len(inst.keypoints))]
             predictions[inst.id] = np.column_stack([inst.keypoints[:, :3], np.clip(confidence, 0, 1)])
-    return review.push(LabelStudio.from_env(url, token), root, dataset, image_ids, round_index, predictions)
+    client = LabelStudio.from_env(url, token)
+    counts = review.push(client, root, dataset, image_ids, round_index, predictions)
+    notes = task_notes(suspects, image_ids)
+    counts["noted"] = 0
+    for category in sorted({dataset.categories[i.category_id].name for i in dataset.instances
+                            if i.image_id in notes}):
+        project = review.find_project(client, review.project_title(root, category))
+        for task in client.all_tasks(project["id"]) if project else []:
+            image_id = task.get("data", {}).get("semcorr_image_id")
+            if image_id in notes and task["data"].get("semcorr_qc") != notes[image_id]:
+                client.patch(f"/api/tasks/{task['id']}", {"data": {**task["data"], "semcorr_qc": notes[image_id]}})
+                counts["noted"] += 1
+    return counts

@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 
 from semcorr import __version__
 from semcorr.builders.labels import azimuth_bin_of
+from semcorr.engine import LOCAL, Engine, iter_actors
 from semcorr.errors import SemcorrError
 from semcorr.rendering import Camera, Part, Renderer, keypoint_visibility, look_at
 from semcorr.store import IMAGES_DIR, Category, Dataset, ImageInfo, Instance
@@ -184,8 +185,68 @@ def jpeg_bytes(color: np.ndarray, quality: int = 92) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass
+class RenderedImage:
+    """What one rendered image contributes: its JPEG bytes and its instance's labels."""
+
+    jpeg: bytes
+    bbox: np.ndarray
+    keypoints: np.ndarray
+    segmentation: dict
+    area: float
+    azimuth_deg: float
+    elevation_deg: float
+    distance: float
+    truncated: bool
+    occluded: bool
+
+
+class SynthWorker:
+    """One offscreen renderer and the prototypes; renders (category index, image index, azimuth bin) jobs.
+
+    Each image has its own seed ([seed, category index, 1, image index]), so any worker,
+    in any order, renders the same bytes for a job.
+    """
+
+    def __init__(self, prototypes: list[Prototype], options: SynthOptions) -> None:
+        self.prototypes, self.options = prototypes, options
+        self.renderer = Renderer(options.width, options.height)
+
+    def render(self, job: tuple[int, int, int]) -> RenderedImage:
+        """Render one image of a job."""
+        cat_index, index, azimuth_bin = job
+        rng = np.random.default_rng([self.options.seed, cat_index, 1, index])
+        view = render_view(self.renderer, self.prototypes[cat_index], azimuth_bin, self.options, rng)
+        return RenderedImage(jpeg=jpeg_bytes(view.color), bbox=mask_bbox(view.mask), keypoints=view.keypoints,
+                             segmentation=mask_to_rle(view.mask), area=float(view.mask.sum()),
+                             azimuth_deg=view.azimuth_deg, elevation_deg=view.elevation_deg,
+                             distance=view.distance, truncated=view.truncated, occluded=view.occluded)
+
+    def close(self) -> None:
+        """Release the renderer."""
+        self.renderer.close()
+
+
+def synth_jobs(prototypes: list[Prototype], options: SynthOptions) -> list[tuple[int, int, int]]:
+    """(category index, image index, azimuth bin) of every image, in output order (bins balanced per category)."""
+    jobs = []
+    for cat_index in range(len(prototypes)):
+        bin_rng = np.random.default_rng([options.seed, cat_index, 0])
+        bins = bin_rng.permutation(np.resize(np.arange(8), options.images_per_category))
+        jobs.extend((cat_index, index, int(bins[index])) for index in range(options.images_per_category))
+    return jobs
+
+
+def synth_category(prototype: Prototype, cat_index: int) -> Category:
+    """The store category of a prototype (ids from 1 in prototype order)."""
+    schema = prototype.schema
+    return Category(id=cat_index + 1, name=prototype.name, keypoints=schema.names, skeleton=schema.skeleton,
+                    descriptions=schema.descriptions, flip_pairs=schema.flip_pairs, supercategory="synthetic",
+                    schema_version=schema.version)
+
+
 def synthesize(prototypes: list[Prototype], options: SynthOptions, out_dir: Path,
-               progress: Callable[[int], None] | None = None) -> Dataset:
+               progress: Callable[[int], None] | None = None, engine: Engine = LOCAL) -> Dataset:
     """Render every prototype's images into `out_dir/images` and return the dataset.
 
     Args:
@@ -193,41 +254,30 @@ def synthesize(prototypes: list[Prototype], options: SynthOptions, out_dir: Path
         options: sampling options, seed included.
         out_dir: dataset directory (images are written under `images/`).
         progress: called with 1 after each image.
+        engine: where to render (local: one renderer here; ray: one renderer per Ray actor);
+            the files written are the same.
     """
     image_dir = Path(out_dir) / IMAGES_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
-    categories: dict[int, Category] = {}
+    categories = {cat_index + 1: synth_category(p, cat_index) for cat_index, p in enumerate(prototypes)}
+    jobs = synth_jobs(prototypes, options)
+    rendered = iter_actors(engine, SynthWorker, (prototypes, options), "render", jobs, progress=progress)
     images: dict[int, ImageInfo] = {}
     instances: list[Instance] = []
-    with Renderer(options.width, options.height) as renderer:
-        for cat_index, prototype in enumerate(prototypes):
-            schema = prototype.schema
-            category = Category(id=cat_index + 1, name=prototype.name, keypoints=schema.names,
-                                skeleton=schema.skeleton, descriptions=schema.descriptions,
-                                flip_pairs=schema.flip_pairs, supercategory="synthetic",
-                                schema_version=schema.version)
-            categories[category.id] = category
-            bin_rng = np.random.default_rng([options.seed, cat_index, 0])
-            bins = bin_rng.permutation(np.resize(np.arange(8), options.images_per_category))
-            for index in range(options.images_per_category):
-                rng = np.random.default_rng([options.seed, cat_index, 1, index])
-                view = render_view(renderer, prototype, int(bins[index]), options, rng)
-                image_id = len(images) + 1
-                file_name = f"{prototype.name}_{index:04d}.jpg"
-                (image_dir / file_name).write_bytes(jpeg_bytes(view.color))
-                images[image_id] = ImageInfo(id=image_id, file_name=file_name,
-                                             width=options.width, height=options.height)
-                instances.append(Instance(
-                    id=image_id, image_id=image_id, category_id=category.id, bbox=mask_bbox(view.mask),
-                    keypoints=view.keypoints, segmentation=mask_to_rle(view.mask), area=float(view.mask.sum()),
-                    azimuth_bin=int(azimuth_bin_of(view.azimuth_deg)), truncated=view.truncated,
-                    occluded=view.occluded,
-                    extra_attributes={"source": "synth", "azimuth_deg": round(view.azimuth_deg, 3),
-                                      "elevation_deg": round(view.elevation_deg, 3),
-                                      "distance": round(view.distance, 4)},
-                ))
-                if progress is not None:
-                    progress(1)
+    for (cat_index, index, _), view in zip(jobs, rendered):
+        image_id = len(images) + 1
+        file_name = f"{prototypes[cat_index].name}_{index:04d}.jpg"
+        (image_dir / file_name).write_bytes(view.jpeg)
+        images[image_id] = ImageInfo(id=image_id, file_name=file_name, width=options.width, height=options.height)
+        instances.append(Instance(
+            id=image_id, image_id=image_id, category_id=cat_index + 1, bbox=np.array(view.bbox),
+            keypoints=np.array(view.keypoints), segmentation=view.segmentation, area=view.area,
+            azimuth_bin=int(azimuth_bin_of(view.azimuth_deg)), truncated=view.truncated,
+            occluded=view.occluded,
+            extra_attributes={"source": "synth", "azimuth_deg": round(view.azimuth_deg, 3),
+                              "elevation_deg": round(view.elevation_deg, 3),
+                              "distance": round(view.distance, 4)},
+        ))
     info = {"description": "semcorr synthetic dataset", "semcorr_version": __version__, "seed": options.seed,
             "image_root": IMAGES_DIR}
     return Dataset(images=images, categories=categories, instances=instances, image_root=image_dir, info=info)
