@@ -30,8 +30,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semcorr import commands, store
-from semcorr.errors import SemcorrError
 from semcorr.alm.data import category_flip_pairs
+from semcorr.errors import SemcorrError
 from semcorr.keypoint_schema import load_schema
 from semcorr.patchnet import plant, qc
 from semcorr.patchnet.train import load_checkpoint

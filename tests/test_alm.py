@@ -11,7 +11,8 @@ from semcorr import store
 from semcorr.alm import data
 from semcorr.alm.calibration import Calibration, best_epoch, fit_platt, reliability
 from semcorr.alm.model import KeypointNet
-from semcorr.alm.train import ALM, TrainOptions, _heat, load_checkpoint, predict, save_checkpoint, train
+from semcorr.alm.train import (ALM, TrainOptions, _heat, load_checkpoint, predict, save_checkpoint, train,
+                               validation_split)
 
 
 def dotted_image(points: np.ndarray, width: int = 160, height: int = 120) -> np.ndarray:
@@ -196,3 +197,24 @@ def test_hiding_is_kept_only_when_it_saves_clicks(p_visible, visible, expected):
     from semcorr.alm.train import hiding_saves_clicks
 
     assert hiding_saves_clicks(np.array(p_visible), np.array(visible, dtype=bool)) is expected
+
+
+def test_an_image_trained_on_never_validates_a_later_round():
+    """Rounds add images; a warm-started model must not be validated (early stopping, calibration) on
+    images an earlier round trained on. Checked by brute force over growing labelled sets."""
+    rng = np.random.default_rng(0)
+    order = rng.permutation(np.arange(1, 201))
+    def instances(image_ids):
+        return [store.Instance(id=int(i) * 10 + k, image_id=int(i), category_id=1,
+                               bbox=np.array([0.0, 0.0, 10.0, 10.0]), keypoints=np.array([[np.nan, np.nan, 0.0]]))
+                for i in image_ids for k in range(2)]
+    trained_on: set[int] = set()
+    sizes = [12, 20, 35, 60, 100, 200]
+    for size in sizes:
+        fitting, validation = validation_split(instances(order[:size]), 0.15, 12, seed=0)
+        validating = {i.image_id for i in validation}
+        assert validating and not validating & trained_on
+        assert not validating & {i.image_id for i in fitting}  # split by image
+        trained_on |= {i.image_id for i in fitting}
+    # about the share asked for, on the largest set (binomial, n=200, p=0.15: 30 +- 15 is > 4 sigma)
+    assert 15 <= len(validating) <= 45

@@ -8,6 +8,7 @@ category schemas, backbone, crop size, training-data hash), loaded with
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -185,16 +186,32 @@ def keypoint_loss(heat: torch.Tensor, vis_logits: torch.Tensor, targets: torch.T
     return location + 0.5 * F.binary_cross_entropy_with_logits(vis_logits, visible)
 
 
+def image_draw(image_id: int, seed: int) -> float:
+    """A number in [0, 1) fixed by the image id and the seed (SHA-256), the same in every round."""
+    digest = hashlib.sha256(f"semcorr-validation:{seed}:{int(image_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 def validation_split(instances: list[Instance], share: float, minimum: int, seed: int
                      ) -> tuple[list[Instance], list[Instance]]:
-    """(train, validation) by image: a seeded `share` of the images, none when too few instances."""
+    """(train, validation) by image; none when too few instances.
+
+    An image is in the validation share when its `image_draw` is below `share`, so the choice does
+    not depend on which other images are labelled: an image trained on in one round is never used
+    to validate (early stopping, calibration) a warm-started model in a later round. When no image
+    draws below `share`, the one with the lowest draw is used.
+    """
     if share <= 0 or len(instances) < minimum:
         return instances, []
     images = sorted({inst.image_id for inst in instances})
-    count = max(1, int(round(share * len(images))))
-    if count >= len(images):
+    if len(images) < 2:
         return instances, []
-    chosen = set(np.random.default_rng(seed).permutation(images)[:count].tolist())
+    draws = {image_id: image_draw(image_id, seed) for image_id in images}
+    chosen = {image_id for image_id, draw in draws.items() if draw < share}
+    if not chosen:
+        chosen = {min(images, key=draws.__getitem__)}
+    if len(chosen) == len(images):
+        return instances, []
     return ([i for i in instances if i.image_id not in chosen], [i for i in instances if i.image_id in chosen])
 
 

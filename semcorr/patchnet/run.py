@@ -150,8 +150,13 @@ def run_qc(root: Path, checkpoint: Path | None, out_dir: Path, top: int = 20, sp
 
 
 def task_notes(suspects: pd.DataFrame, image_ids: list[int], per_image: int = 3) -> dict[int, str]:
-    """Per image: its most suspect keypoints with the cue that fired, for the reviewer to look at first."""
-    chosen = suspects[suspects.image_id.isin(image_ids) & (suspects.cue != "")]
+    """Per image: its most suspect keypoints with the cue that fired, for the reviewer to look at first.
+
+    A suspects table without cue columns (from `qc` before the cues, or made by hand) gives no notes.
+    """
+    if not {"cue", "reason", "name"} <= set(suspects.columns):
+        return {}
+    chosen = suspects[suspects.image_id.isin(image_ids) & (suspects.cue.fillna("") != "")]
     return {int(image_id): "; ".join(f"{r.name} (ann {r.ann_id}): {r.cue} - {r.reason}"
                                      for r in group.head(per_image).itertuples())
             for image_id, group in chosen.groupby("image_id", sort=True)}
