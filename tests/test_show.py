@@ -184,3 +184,26 @@ def test_missing_image_file_is_one_line(cup_store, tmp_path):
         (f"error: {cup_store}/images/b.png: image id=2: image file not found; copy the image there or fix file_name "
         "in annotations.json")]
     assert not (tmp_path / "p.png").exists()
+
+
+def test_labels_stay_inside_the_picture_and_clear_of_each_other():
+    from PIL import Image, ImageDraw
+
+    from semcorr.viewers import drawing
+
+    image = Image.new("RGB", (200, 120), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    font = drawing.label_font(12)
+    taken: list[tuple[float, float, float, float]] = []
+    for _ in range(3):  # three names at one point near the right edge
+        drawing.draw_label(draw, (190.0, 60.0), "left_front_foot", font, taken=taken)
+    assert len(taken) == 3
+    for x0, _, x1, _ in taken:
+        assert 0 <= x0 and x1 <= 200
+    for i in range(3):
+        for j in range(i + 1, 3):
+            a, b = taken[i], taken[j]
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    # the text really is where the boxes say: nothing drawn right of the point's label side
+    pixels = np.asarray(image)
+    assert (pixels[:, 196:] == 255).all()

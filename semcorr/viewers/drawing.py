@@ -72,9 +72,29 @@ def draw_marker(draw: ImageDraw.ImageDraw, xy: tuple[float, float], radius: floa
 
 
 def draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: ImageFont.ImageFont,
-               color: tuple[int, int, int] = (0, 0, 0)) -> None:
-    """`text` beside a point at `xy`, with a white halo so it reads on any background."""
-    draw.text((xy[0] + 5, xy[1] - 12), text, fill=color, font=font, stroke_width=2, stroke_fill=(255, 255, 255))
+               color: tuple[int, int, int] = (0, 0, 0),
+               taken: list[tuple[float, float, float, float]] | None = None) -> None:
+    """`text` beside a point at `xy`, with a white halo so it reads on any background.
+
+    It goes to the right of the point, or to its left where the right would run past the picture's
+    edge; with `taken` (boxes of labels already drawn, extended here), it also moves a line down or up
+    to keep clear of them, and stays where it is only when every place is taken.
+    """
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font, stroke_width=2)
+    width, height = right - left, bottom - top
+    limit = draw.im.size[0]
+    x_right, x_left = xy[0] + 5, max(0.0, xy[0] - 5 - width)
+    sides = [x_right, x_left] if x_right + width <= limit else [x_left]
+    places = [(x, xy[1] - 12 + shift) for shift in (0, height + 1, -(height + 1), 2 * (height + 1))
+              for x in sides]
+    x, y = places[0]
+    if taken is not None:
+        def clear(box):
+            return all(box[2] <= t[0] or t[2] <= box[0] or box[3] <= t[1] or t[3] <= box[1] for t in taken)
+        x, y = next((place for place in places
+                     if clear((place[0], place[1] + top, place[0] + width, place[1] + bottom))), places[0])
+        taken.append((x, y + top, x + width, y + bottom))
+    draw.text((x, y), text, fill=color, font=font, stroke_width=2, stroke_fill=(255, 255, 255))
 
 
 def wrapped(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:

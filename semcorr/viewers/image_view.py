@@ -79,12 +79,13 @@ def render_image(dataset: store.Dataset, image_id: int, pixels: Image.Image | No
             if inst.labelled[a] and inst.labelled[b]:
                 draw.line([tuple(inst.keypoints[a, :2]), tuple(inst.keypoints[b, :2])], fill=color,
                           width=max(1, radius // 2))
+    taken: list[tuple[float, float, float, float]] = []
     for inst in instances:
         category = dataset.categories[inst.category_id]
         for k in map(int, inst.labelled.nonzero()[0]):
             xy = tuple(inst.keypoints[k, :2])
             if names:
-                drawing.draw_label(draw, xy, category.keypoints[k], font)
+                drawing.draw_label(draw, xy, category.keypoints[k], font, taken=taken)
             shape = drawing.PROVENANCE_MARKERS.get(keypoint_provenance(inst, k), "circle")
             drawing.draw_marker(draw, xy, radius, drawing.keypoint_color(k), shape, filled=inst.keypoints[k, 2] == 2)
     lines = [f"image {image_id} | {info.file_name} | {info.width}x{info.height} | {len(instances)} instance(s)",

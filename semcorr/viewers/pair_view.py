@@ -151,8 +151,10 @@ def render_pair(view: PairView, height: int | None = None, names: bool = True, g
         markers[("src", a, k)] = (start, a, k)
         markers[("trg", b, k)] = (end, b, k)
     if names:
+        taken: list[tuple[float, float, float, float]] = []
         for xy, _, k in markers.values():
-            drawing.draw_label(draw, xy, view.keypoint_names[k] if k < len(view.keypoint_names) else str(k), font)
+            drawing.draw_label(draw, xy, view.keypoint_names[k] if k < len(view.keypoint_names) else str(k), font,
+                               taken=taken)
     for xy, instance, k in markers.values():
         if multi:
             drawing.draw_marker(draw, xy, radius + 2, drawing.instance_color(instance))
