@@ -960,7 +960,8 @@ def quality_control(
 
     result = run_qc(dataset, checkpoint, out, top, split, triples, architecture=arch)
     suspects = result.suspects
-    shown = suspects.head(top)[["ann_id", "image_id", "category", "name", "suspicion", "cue", "reason"]]
+    # `reason` (a sentence) stays in suspects.csv and the contact sheet: in a terminal table it wraps badly
+    shown = suspects.head(top)[["ann_id", "image_id", "category", "name", "suspicion", "cue"]]
     fired = suspects[suspects.suspect].cue.value_counts()
     print_table(f"qc: {len(suspects)} keypoints, {int(suspects.suspect.sum())} suspect (suspicion >= 3: "
                 + (", ".join(f"{n} {cue}" for cue, n in fired.items()) or "none")

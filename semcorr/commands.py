@@ -124,7 +124,7 @@ class StatsResult:
     misc: dict[str, pd.DataFrame] | None = None  # MISC stores: "instances" and "pairs" tables
 
 
-def run_stats(root: Path, out_dir: Path | None = None) -> StatsResult:
+def run_stats(root: Path, out_dir: Path | None = None, dataset: store.Dataset | None = None) -> StatsResult:
     """Tables 1 and 2 (CSV) and Figures 1 and 2 (PNG) of a store with pairs.
 
     MISC pairs (`build-pairs --mode misc`) have no viewpoint label: their Table 1 has the
@@ -137,7 +137,8 @@ def run_stats(root: Path, out_dir: Path | None = None) -> StatsResult:
 
     root = Path(root)
     out_dir = Path(out_dir) if out_dir else root / "stats"
-    dataset = store.load_dataset(root, check_files=False)
+    if dataset is None:  # the caller may pass the store it has already loaded
+        dataset = store.load_dataset(root, check_files=False)
     splits = store.load_splits(root, dataset)
     pairs = store.load_pairs(root, dataset)
     from semcorr.builders.statistics import is_misc, misc_instance_table, misc_pair_table
@@ -787,7 +788,7 @@ def run_report(root: Path, out_dir: Path | None, options, progress: Progress = N
         raise SemcorrError("--max-pairs-per-cell must be >= 0, --qc-rows >= 1 and --thumbnail-height >= 32")
     has_pairs = (root / store.PAIRS_FILE).is_file()
     with atomic.staged_directory(out_dir, "report") as staging:
-        stats = run_stats(root, staging / "stats") if has_pairs else None
+        stats = run_stats(root, staging / "stats", dataset) if has_pairs else None
         summary = write_report(staging, root, dataset, stats, options, progress)
     summary.path = out_dir / "index.html"
     return summary

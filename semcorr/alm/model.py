@@ -22,7 +22,6 @@ LITE_STAGES = {
     "efficientnet-lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120),
                            (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
 }
-LITE0_STAGES = LITE_STAGES["efficientnet-lite0"]
 BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "scratch")
 
 
@@ -90,8 +89,6 @@ class EfficientNetLite(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         self.load_state_dict(state, strict=True)
 
-
-EfficientNetLite0 = EfficientNetLite
 
 
 class ScratchBackbone(nn.Module):

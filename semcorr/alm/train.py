@@ -255,6 +255,7 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     fitting, validation = validation_split(instances, options.validation_share, options.min_validation, options.seed)
     categories = [dataset.categories[i.category_id].name for i in fitting]
     crops = CropSet(dataset, fitting, options.crop_size, Augmentation() if options.augment else None, options.seed)
+    validation_crops = CropSet(dataset, validation, options.crop_size)  # decoded once, scored every epoch
     sampler = EpochBatches(categories, options.batch_size, options.seed)
     workers = options.workers if options.workers is not None else (4 if run_on.type == "cuda" else 0)
     loader = torch.utils.data.DataLoader(_EpochCrops(crops, categories), batch_sampler=sampler, num_workers=workers,
@@ -295,7 +296,8 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
                 progress(step, float(loss), seen / max(time.perf_counter() - started, 1e-9))
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "crops_per_s": seen / (time.perf_counter() - started)}
         if validation:
-            record["val_pck"] = pck_of_box(predict(partial, dataset, validation, keep_device=True), validation,
+            record["val_pck"] = pck_of_box(predict(partial, dataset, validation, keep_device=True,
+                                                   crops=validation_crops), validation,
                                            use_visibility=False)
             scores.append(record["val_pck"])
             best, stop = best_epoch(scores, patience)
@@ -311,7 +313,7 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     model.eval()
     partial.model, partial.history = model.cpu(), history
     if validation:
-        raw, hit, raw_visible, truly_visible = validation_scores(partial, dataset, validation)
+        raw, hit, raw_visible, truly_visible = validation_scores(partial, dataset, validation, validation_crops)
         partial.calibration = fit_platt(raw, hit)
         visibility = fit_platt(raw_visible, truly_visible)
         if hiding_saves_clicks(visibility(raw_visible), truly_visible):
@@ -319,7 +321,13 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     return partial
 
 
-def hiding_saves_clicks(p_visible: np.ndarray, truly_visible: np.ndarray, threshold: float = 1 / 3) -> bool:
+# Hiding a visible point costs the reviewer 2 clicks (place it, name it); showing a point that is not
+# visible costs 1 (discard it). So a point is hidden only when P(visible) < 1/3.
+HIDE_THRESHOLD = 1 / 3
+
+
+def hiding_saves_clicks(p_visible: np.ndarray, truly_visible: np.ndarray, threshold: float = HIDE_THRESHOLD
+                        ) -> bool:
     """Whether hiding points below `threshold` costs the reviewer fewer clicks on the validation share
     than showing every point (a wrongly hidden point costs 2 clicks, a wrongly shown one 1)."""
     hide = p_visible < threshold
@@ -348,13 +356,16 @@ def _heat(alm: ALM, images: torch.Tensor, category: str, flip_test: bool) -> tup
 
 
 def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip_test: bool, batch_size: int,
-                     keep_device: bool = False, shape_prior: bool = True
+                     keep_device: bool = False, shape_prior: bool = True, crops: CropSet | None = None
                      ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Instance id -> (image xy (K, 2), raw location score (K,), visibility probability (K,))."""
+    """Instance id -> (image xy (K, 2), raw location score (K,), visibility probability (K,)).
+
+    `crops`: an unaugmented `CropSet` of these instances to reuse (its images stay decoded).
+    """
     run_on = device()
     was_training = alm.model.training
     model = alm.model.to(run_on).eval()
-    crops = CropSet(dataset, instances, alm.crop_size)
+    crops = crops if crops is not None else CropSet(dataset, instances, alm.crop_size)
     radius = acceptance_radius_cells(alm.crop_size, alm.calibration.radius)
     out = {}
     for start in range(0, len(instances), batch_size):
@@ -383,11 +394,11 @@ def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip
     return out
 
 
-def validation_scores(alm: ALM, dataset: Dataset, instances: list[Instance]
+def validation_scores(alm: ALM, dataset: Dataset, instances: list[Instance], crops: CropSet | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """From one prediction pass: raw location scores of the truly visible keypoints and whether each
     lies within the acceptance radius; raw visibility probabilities of all keypoints and the truth."""
-    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test=True, batch_size=32)
+    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test=True, batch_size=32, crops=crops)
     scores, hits, seen, truth = [], [], [], []
     for inst in instances:
         if inst.id not in raw_predictions:
@@ -405,14 +416,9 @@ def validation_scores(alm: ALM, dataset: Dataset, instances: list[Instance]
     return np.concatenate(scores), np.concatenate(hits), np.concatenate(seen), np.concatenate(truth)
 
 
-# Hiding a visible point costs the reviewer 2 clicks (place it, name it); showing a point that is not
-# visible costs 1 (discard it). So a point is hidden only when P(visible) < 1/3.
-HIDE_THRESHOLD = 1 / 3
-
-
 def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: float = HIDE_THRESHOLD,
-            batch_size: int = 32, flip_test: bool = True, keep_device: bool = False, shape_prior: bool = True
-            ) -> dict[int, np.ndarray]:
+            batch_size: int = 32, flip_test: bool = True, keep_device: bool = False, shape_prior: bool = True,
+            crops: CropSet | None = None) -> dict[int, np.ndarray]:
     """Instance id -> (K, 5): x, y, visibility, location score, visibility probability.
 
     Where and whether are kept apart: the location score is the calibrated probability that
@@ -420,11 +426,12 @@ def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: fl
     unless the calibrated visibility probability is below `threshold`, whatever the location's
     certainty. An ALM whose visibility head was never validated (too few training instances
     for a validation share), or whose hiding cost more clicks than it saved on the validation
-    share, hides nothing.
+    share, hides nothing. `crops`: an unaugmented `CropSet` of `instances` to reuse (images decoded once).
     """
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
         raise SemcorrError(f"threshold {threshold!r}: must be a finite number in [0, 1]")
-    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test, batch_size, keep_device, shape_prior)
+    raw_predictions = _raw_predictions(alm, dataset, instances, flip_test, batch_size, keep_device, shape_prior,
+                                       crops)
     out = {}
     validated = alm.visibility_calibration.points > 0
     for inst_id, (xy, score, seen) in raw_predictions.items():

@@ -72,10 +72,28 @@ class Backend:
     last_training: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
+    _dataset: tuple = field(default=(None, None), repr=False)  # (annotations.json mtime and size, store)
+
+    def dataset(self):
+        """The store, read again only when `annotations.json` changed (a `review pull`, a training)."""
+        from semcorr import store
+
+        try:
+            stat = (Path(self.root) / store.ANNOTATIONS_FILE).stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+        except OSError:  # no store there: `load_dataset` says so in one line
+            key = None
+        with self._lock:
+            seen, dataset = self._dataset
+        if key is None or seen != key:
+            dataset = store.load_dataset(self.root)
+            with self._lock:
+                self._dataset = (key, dataset)
+        return dataset
 
     def load(self) -> None:
         """(Re)load the latest checkpoint; a problem is kept in `problem` (answered, never raised)."""
-        from semcorr import commands, store
+        from semcorr import commands
         from semcorr.alm.data import data_hash
         from semcorr.alm.train import load_checkpoint
 
@@ -86,7 +104,7 @@ class Backend:
                                    "train` first")
             path = commands.alm_checkpoint_path(self.root, number)
             alm = load_checkpoint(path)
-            dataset = store.load_dataset(self.root)
+            dataset = self.dataset()
             check_checkpoint(alm, data_hash(commands.alm_training_instances(self.root, dataset)), path)
         except SemcorrError as exc:
             with self._lock:
@@ -104,13 +122,11 @@ class Backend:
 
     def predict(self, tasks: list, label_config: str | None) -> list[dict]:
         """One answer per task: a prediction (`review.task_prediction`) or `{"error": line}`."""
-        from semcorr import store
-
         with self._lock:
             alm, number, problem = self.alm, self.round, self.problem
         if problem is not None or alm is None:
             raise SemcorrError(problem or "no ALM checkpoint loaded")
-        dataset = store.load_dataset(self.root)
+        dataset = self.dataset()
         category = task_category(dataset, label_config)
         if alm.keypoints.get(category.name) != list(category.keypoints):
             raise SemcorrError(f"category {category.name!r} is not known to the round {number} ALM (it knows "

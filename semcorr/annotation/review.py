@@ -31,7 +31,6 @@ ACTIONS = ("accepted", "dragged", "discarded", "added", "manual")
 # calibrated to (semcorr.alm.calibration.ACCEPT_RADIUS, kept equal by a test) and the simulated reviewer uses
 ACCEPT_RADIUS = 0.05
 # provenance of keypoints a person placed or decided: never overwritten by a machine
-HUMAN_PROVENANCE = ("imported", "manual", "accepted", "dragged", "added", "discarded")
 AUTO_ACCEPTED = "auto-accepted"
 RELIABILITY_BINS = 5
 # the click model of `reviewer_effort` (see its docstring)

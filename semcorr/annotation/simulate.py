@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from semcorr.annotation.labelstudio import LabelStudio
-from semcorr.annotation.review import ACCEPT_RADIUS, find_project, instance_regions, project_title
+from semcorr.annotation.review import ACCEPT_RADIUS, find_project, instance_regions, model_version, project_title
 from semcorr.store import Category, Dataset, ImageInfo, Instance
 
 
@@ -68,7 +68,7 @@ def reviewed_result(predicted: list[dict], truth: list[Instance], category: Cate
 def review_round(client: LabelStudio, root: Path, truth: Dataset, round_index: int,
                  accept_fraction: float = ACCEPT_RADIUS) -> Counter:
     """Answer every unannotated task of a round from `truth`; returns the actions submitted."""
-    version = f"alm-round-{round_index}"
+    version = model_version(round_index)
     actions: Counter = Counter()
     for category in sorted(truth.categories.values(), key=lambda c: c.id):
         project = find_project(client, project_title(root, category.name))

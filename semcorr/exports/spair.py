@@ -165,9 +165,10 @@ def export_spair(dataset: Dataset, pairs: pd.DataFrame, out_dir: Path,
     if pairs.empty:
         raise SemcorrError("pairs.parquet: holds no pairs; run `semcorr build-pairs --mode spair` on a split store")
     _check_pairs(pairs)
-    warnings = check_keypoint_budget(dataset, sorted(set(pairs["category"].astype(str))), allow_over_30)
+    names = sorted(set(pairs["category"].astype(str)))
+    warnings = check_keypoint_budget(dataset, names, allow_over_30)
     instances = {inst.id: inst for inst in dataset.instances}
-    categories = safe_category_names(sorted(set(pairs["category"].astype(str))))
+    categories = safe_category_names(names)
     units = pd.concat([
         pairs[["category", "src_image_id", "src_ann_id", "src_azimuth_bin"]].set_axis(
             ["category", "image_id", "ann_id", "azimuth_bin"], axis=1),

@@ -215,7 +215,8 @@ def save_dlc(root: Path, out_dir: Path, scorer: str = DEFAULT_SCORER) -> Interch
             if not image_ids:
                 continue
             video = safe_component(category.name)
-            per_image = np.bincount([image_ids.index(inst.image_id) for inst in members if inst.labelled.any()],
+            frame_of = {image_id: k for k, image_id in enumerate(image_ids)}
+            per_image = np.bincount([frame_of[inst.image_id] for inst in members if inst.labelled.any()],
                                     minlength=1)
             individuals = max(int(per_image.max()), 1)
             project = staging / video
@@ -228,7 +229,7 @@ def save_dlc(root: Path, out_dir: Path, scorer: str = DEFAULT_SCORER) -> Interch
             holder = sio.Video(filename=str(frames), open_backend=False,
                                backend_metadata={"shape": (len(image_ids), size[1], size[0], 3)})
             labels, counts = labels_from_dataset(dataset, [category], image_ids,
-                                                 lambda i, ids=image_ids, v=holder: (v, ids.index(i)),
+                                                 lambda i, frames=frame_of, v=holder: (v, frames[i]),
                                                  tracks=individuals > 1)
             csv_path = frames / f"CollectedData_{scorer}.csv"
             sio.save_csv(labels, str(csv_path), format="dlc", scorer=scorer, include_score=False)

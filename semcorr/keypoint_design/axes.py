@@ -23,16 +23,10 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from semcorr.keypoint_design.views import VIEW_NAMES, ViewRender
 from semcorr.rendering import Part
+from semcorr.synth.prototypes import axis_vector
 
 PREFERENCE = ("+y", "+z", "+x", "-y", "-z", "-x")
 UNIT = {"x": 0, "y": 1, "z": 2}
-
-
-def axis_vector(axis: str) -> np.ndarray:
-    """'+y' -> (0, 1, 0), '-x' -> (-1, 0, 0)."""
-    vector = np.zeros(3)
-    vector[UNIT[axis[1]]] = 1.0 if axis[0] == "+" else -1.0
-    return vector
 
 
 def geometry_only(parts: list[Part]) -> trimesh.Trimesh:

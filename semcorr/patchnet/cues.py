@@ -261,12 +261,14 @@ def factorise_layout(coords: np.ndarray, rank: int = 3, iterations: int = 30) ->
     return layout
 
 
-def swap_gains(layout: np.ndarray, xy: np.ndarray, flip_pairs: list[tuple[int, int]]) -> np.ndarray:
+def swap_gains(layout: np.ndarray, xy: np.ndarray, flip_pairs: list[tuple[int, int]],
+               cost: float | None = None) -> np.ndarray:
     """Per flip pair: the instance's camera-fit cost minus the cost with the pair's two points traded
     (positive: the traded labels fit the layout better); NaN where either point is not usable or
-    the fit gives no verdict."""
+    the fit gives no verdict. `cost`: the instance's own fit cost when already known (`camera_residuals`)."""
     gains = np.full(len(flip_pairs), np.nan)
-    _, _, cost = camera_residuals(layout, xy)
+    if cost is None:
+        _, _, cost = camera_residuals(layout, xy)
     for p, (a, b) in enumerate(flip_pairs):
         if not (np.isfinite(xy[[a, b]]).all() and np.isfinite(cost)):
             continue

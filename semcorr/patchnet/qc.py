@@ -213,7 +213,7 @@ def shape_columns(dataset: Dataset, flip_pairs: dict[str, tuple[tuple[int, int],
                 points.append((inst.id, int(k), residual[k], *(guess[k] * side + centre), part[k],
                                category.keypoints[part_as[k]] if part_as[k] >= 0 else "", overlap[i, k],
                                category.keypoints[overlap_with[i, k]] if overlap_with[i, k] >= 0 else ""))
-            for (a, b), gain in zip(pairs, cues.swap_gains(layout, xy, pairs)):
+            for (a, b), gain in zip(pairs, cues.swap_gains(layout, xy, pairs, cost)):
                 if np.isfinite(gain):
                     swaps.append((inst.id, a, b, cost, gain, bool(cues.swap_suspected(gain, cost))))
     return (pd.DataFrame(points, columns=["ann_id", "keypoint", "shape", "shape_x", "shape_y", "part", "part_as",

@@ -37,7 +37,8 @@ class Prototype:
         return np.concatenate([part.mesh.vertices for part in self.parts])
 
 
-def _axis_vector(axis: str) -> np.ndarray:
+def axis_vector(axis: str) -> np.ndarray:
+    """'+y' -> (0, 1, 0), '-x' -> (-1, 0, 0)."""
     vector = np.zeros(3)
     vector["xyz".index(axis[1])] = 1.0 if axis[0] == "+" else -1.0
     return vector
@@ -45,7 +46,7 @@ def _axis_vector(axis: str) -> np.ndarray:
 
 def canonical_transform(bounds: np.ndarray, up_axis: str = "+y", front_axis: str = "+z") -> np.ndarray:
     """4x4 transform from a mesh's frame to the canonical one (rotate, centre, unit size)."""
-    up, front = _axis_vector(up_axis), _axis_vector(front_axis)
+    up, front = axis_vector(up_axis), axis_vector(front_axis)
     right = np.cross(up, front)
     rotation = np.eye(4)
     rotation[:3, :3] = np.stack([right, up, front])
