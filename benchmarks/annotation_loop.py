@@ -8,6 +8,14 @@ its predictions, pulls the reviews, retrains, and evaluates PCK@0.1 of the box o
 test instances after every training (beside the mean-shape baseline). Prints a JSON report.
 
 Usage: .venv/bin/python benchmarks/annotation_loop.py coco --out /tmp/loop-coco [--epochs 30 --crop 192]
+
+`--replay` (after a run, same --out): no Label Studio, no training. Replays the simulated reviewer
+offline on the review rounds with the run's saved checkpoints (round N-1's ALM on round N's set,
+exactly what the reviewer answered) for variants of the decisions: as run, hiding nothing, hiding
+at the calibrated P(visible) < 1/3 without the margin, hiding at the visibility head's own
+(uncalibrated) P(visible) < 1/3, and sub-cell positions taken from the prior-multiplied heatmap
+(the prior pulling positions, `alm.train.REFINE_WITHOUT_PRIOR` False, the default since 12-03; the
+other variants refine without the prior, as the 12-03 run did); with held-out PCK@0.1 for each.
 """
 
 from __future__ import annotations
@@ -54,6 +62,75 @@ def synthetic(out: Path, images: int) -> store.Dataset:
     return store.load_dataset(out)
 
 
+def replay(out: Path, truth: store.Dataset) -> dict:
+    """The simulated reviewer's outcome for decision variants of the saved checkpoints (see the docstring)."""
+    import dataclasses
+
+    import numpy as np
+
+    from semcorr.alm import train as alm_train
+    from semcorr.alm.calibration import Calibration
+    from semcorr.annotation.review import ACCEPT_RADIUS, pushable
+
+    plan = json.loads((out / "annotation" / "plan.json").read_text())
+    sets = {name: {int(k) for k, v in plan["images"].items() if v["set"] == name} for name in ("alm1", "alm2")}
+    test_ids = {int(k) for k, v in plan["images"].items() if v["frozen_test"]}
+    test = [i for i in truth.instances if i.image_id in test_ids and i.visible.any()]
+
+    def variants(alm):
+        yield "as run", alm, True
+        yield "no hiding", dataclasses.replace(alm, visibility_calibration=Calibration()), True
+        fit = alm.visibility_calibration
+        if fit.points:
+            yield "hide at p < 1/3, no margin", dataclasses.replace(
+                alm, visibility_calibration=dataclasses.replace(fit, var_a=0.0, cov_ab=0.0, var_b=0.0)), True
+        yield "hide at raw head P(visible) < 1/3", dataclasses.replace(
+            alm, visibility_calibration=Calibration(points=1)), True
+        yield "prior pulls positions", alm, False
+
+    rows = []
+    for round_index, image_set in ((2, "alm1"), (3, "alm2")):
+        alm = alm_train.load_checkpoint(out / "annotation" / f"alm_round{round_index - 1}.pt")
+        members = [i for i in truth.instances if i.image_id in sets[image_set]]
+        for name, variant, refine in variants(alm):
+            default, alm_train.REFINE_WITHOUT_PRIOR = alm_train.REFINE_WITHOUT_PRIOR, refine
+            try:
+                predicted = alm_train.predict(variant, truth, members)
+                held_out = alm_train.pck_of_box(alm_train.predict(variant, truth, test), test)
+            finally:
+                alm_train.REFINE_WITHOUT_PRIOR = default
+            c = dict.fromkeys(("predicted", "accepted", "dragged", "discarded", "added", "hidden", "hidden_labelled"),
+                              0)
+            expected = []
+            for inst in members:
+                row, image = predicted[inst.id], truth.images[inst.image_id]
+                side = max(inst.bbox[2], inst.bbox[3])
+                for k in range(len(row)):
+                    shown = pushable(row[k, 0], row[k, 1], row[k, 2], image)
+                    labelled = bool(inst.visible[k])
+                    if not shown:
+                        c["hidden"] += 1
+                        c["hidden_labelled"] += labelled
+                        c["added"] += labelled
+                        continue
+                    c["predicted"] += 1
+                    expected.append(row[k, 3])
+                    if not labelled:
+                        c["discarded"] += 1
+                    elif np.hypot(*(row[k, :2] - inst.keypoints[k, :2])) <= ACCEPT_RADIUS * side:
+                        c["accepted"] += 1
+                    else:
+                        c["dragged"] += 1
+            scratch = 2 * (c["accepted"] + c["dragged"] + c["added"])
+            with_alm = c["dragged"] + c["discarded"] + 2 * c["added"]
+            rows.append({"round": round_index, "variant": name, **c,
+                         "acceptance": round(c["accepted"] / max(c["predicted"], 1), 4),
+                         "expected_acceptance": round(float(np.mean(expected)), 4) if expected else None,
+                         "clicks_saved": scratch - with_alm, "clicks_from_scratch": scratch,
+                         "held_out_pck": round(held_out, 1)})
+    return {"replay": rows, "test_instances": len(test)}
+
+
 def main() -> int:
     """Run the loop and print its report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,7 +143,13 @@ def main() -> int:
     parser.add_argument("--manual", type=float, default=0.5)
     parser.add_argument("--first", type=float, default=0.3)
     parser.add_argument("--test", type=float, default=0.2, help="share of images in the frozen test split")
+    parser.add_argument("--replay", action="store_true", help="replay a finished run's review rounds offline")
     args = parser.parse_args()
+    if args.replay:
+        with tempfile.TemporaryDirectory() as scratch:
+            truth = coco_people(Path(scratch)) if args.source == "coco" else synthetic(Path(scratch), args.images)
+            print(json.dumps(replay(args.out, truth), indent=1))
+        return 0
     if args.out.exists():
         shutil.rmtree(args.out)
     truth = coco_people(args.out) if args.source == "coco" else synthetic(args.out, args.images)

@@ -269,10 +269,11 @@ def main() -> None:
     for name, argv in steps(args.work).items():
         if args.steps is not None and name not in args.steps:
             continue
+        before = os.getloadavg()[0]
         seconds, cpu, peak, code = measure(argv, args.work / "logs" / f"{name.replace(' ', '_')}.log")
         verdict = "error (see log)" if code else ("met" if seconds <= 120 and peak <= 8 else "MISSED")
-        print(f"{name:<26}{seconds:>9.1f}{cpu:>9.1f}{peak:>9.2f}  {verdict}   load {os.getloadavg()[0]:.2f}",
-              flush=True)
+        print(f"{name:<26}{seconds:>9.1f}{cpu:>9.1f}{peak:>9.2f}  {verdict}   load {before:.2f} -> "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

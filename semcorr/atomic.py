@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,14 @@ def _prefix(final: Path) -> str:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a staging file beside `path`, then rename it into place."""
+    write_chunks(path, [data])
+
+
+def write_chunks(path: Path, chunks: Iterable[str | bytes]) -> None:
+    """Write text (UTF-8) or bytes pieces to a staging file beside `path`, then rename it into place.
+
+    The whole never exists in memory; if the pieces fail part way, nothing is left behind.
+    """
     path = Path(path)
     if path.is_dir():
         raise SemcorrError(f"{path}: is a folder; give a file path to write")
@@ -80,7 +88,8 @@ def write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
         _apply_umask(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:

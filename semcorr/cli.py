@@ -344,11 +344,13 @@ def export_spair(
 @app.command("vote-keypoints")
 @handles_errors
 def vote_keypoints(
-    mesh: Annotated[Path, typer.Argument(help="prototype mesh (OBJ, GLB/glTF, PLY, STL, OFF)")],
-    category: Annotated[str, typer.Option(help="category name")],
-    votes: Annotated[Path | None, typer.Option(help="votes CSV: annotator,view,scheme,saliency,completeness,"
-                                                     "uniformity")] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder (default ./<category>-keypoints)")] = None,
+    mesh: Annotated[list[Path], typer.Argument(help="prototype mesh (OBJ, GLB/glTF, PLY, STL, OFF); several: one "
+                                                    "design each, --category (and --votes) once per mesh")],
+    category: Annotated[list[str], typer.Option(help="category name (once per mesh, in order)")],
+    votes: Annotated[list[Path], typer.Option(help="votes CSV: annotator,view,scheme,saliency,completeness,"
+                                                   "uniformity (none, or once per mesh)")] = [],  # noqa: B006
+    out: Annotated[Path | None, typer.Option(help="output folder (default ./<category>-keypoints); with several "
+                                                  "meshes the folder that gets one <category>-keypoints each")] = None,
     up_axis: Annotated[str, typer.Option(help="the mesh's up axis (+x ... -z), or auto: the side it rests on "
                                               "flat; check axes.png")] = "+y",
     front_axis: Annotated[str | None, typer.Option(help="the mesh's front axis (+x ... -z), or auto: across the "
@@ -359,22 +361,34 @@ def vote_keypoints(
     max_keypoints: Annotated[int, typer.Option(help="most keypoints (SPair-71k has at most 30)")] = 30,
     min_spacing: Annotated[float, typer.Option(help="no two keypoints closer, prototype longest side = 1")] = 0.1,
     seed: Seed = 0,
+    engine: EngineName = "local",
+    address: Address = None,
 ) -> None:
     """Design a category's keypoints on its 3D prototype: three schemes, six views, scored votes; at most
-    --max-keypoints, --min-spacing apart, mirror-paired on a symmetric object.
+    --max-keypoints, --min-spacing apart, mirror-paired on a symmetric object. Several meshes: one design
+    each (--engine ray: one Ray task per prototype).
 
     A filled voting sheet is never overwritten: the votes used are copied to votes_used.csv, and the
     blank template goes to voting_sheet_blank.csv when voting_sheet.csv holds votes."""
-    from semcorr.keypoint_design.design import AUTO, DesignOptions, design_keypoints
-    from semcorr.keypoint_design.views import VIEW_NAMES
+    from semcorr.engine import Engine
+    from semcorr.keypoint_design.design import AUTO, DesignOptions
 
+    runner = Engine(kind=engine, address=address)
     if front_axis is None:
         front_axis = AUTO if up_axis.strip().lower() == AUTO else "+z"
     options = DesignOptions(up_axis=up_axis, front_axis=front_axis, size=size, max_candidates=max_candidates,
                             threshold=threshold, max_keypoints=max_keypoints, min_spacing=min_spacing, seed=seed)
-    out = out or Path(f"{category}-keypoints")
-    with progress_bar("vote-keypoints", 8) as advance:
-        result = design_keypoints(mesh, category, out, votes, options, progress=lambda _step: advance(1))
+    jobs = commands.design_jobs(mesh, category, votes, out)
+    with progress_bar("vote-keypoints", commands.DESIGN_STEPS * len(jobs)) as advance:
+        results = commands.run_vote_keypoints(jobs, options, runner, progress=advance)
+    for job, result in zip(jobs, results):
+        _print_design(result, options, job.out, job.category if len(jobs) > 1 else "")
+
+
+def _print_design(result, options, out: Path, category: str = "") -> None:
+    """The vote-keypoints summary of one design: totals per view and scheme, agreement, keypoints, files."""
+    from semcorr.keypoint_design.views import VIEW_NAMES
+
     scores = result.scores
     summary = []
     for view in VIEW_NAMES:
@@ -392,9 +406,9 @@ def vote_keypoints(
         summary.append(row)
     import pandas as pd
 
-    print_table(f"vote-keypoints: weighted totals per view and scheme (* chosen); keypoints proposed by / seen "
-                f"in each view; coverage: surface seen there within {options.coverage_radius:g} of a keypoint",
-                pd.DataFrame(summary).set_index("view"))
+    print_table(f"vote-keypoints{f' {category}' if category else ''}: weighted totals per view and scheme "
+                f"(* chosen); keypoints proposed by / seen in each view; coverage: surface seen there within "
+                f"{options.coverage_radius:g} of a keypoint", pd.DataFrame(summary).set_index("view"))
     if result.saliency:
         console.print("automatic saliency of the visible candidates (rank of corner strength): "
                       + ", ".join(f"{k} {v:.2f}" for k, v in result.saliency.items()))
@@ -647,13 +661,17 @@ def alm_predict(
     threshold: Annotated[float, typer.Option(help="a keypoint is hidden (v = 0) only below this calibrated "
                                                   "visibility probability (1/3: a wrongly hidden point costs "
                                                   "the reviewer two clicks, a wrongly shown one a click)")] = 1 / 3,
+    engine: EngineName = "local",
+    address: Address = None,
 ) -> None:
-    """Pre-label instances with a trained ALM."""
+    """Pre-label instances with a trained ALM (--engine ray: Ray Data actors, one GPU each where there are GPUs)."""
     from semcorr import atomic, store
-    from semcorr.alm.train import load_checkpoint, predict
+    from semcorr.alm.distributed import predict_instances
     from semcorr.annotation.plan import PLAN_FILE, SETS, images_in, load_plan
+    from semcorr.engine import Engine
     from semcorr.paths import refuse_overlap
 
+    runner = Engine(kind=engine, address=address)
     if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
         raise SemcorrError(f"--threshold {threshold!r}: must be a finite number in [0, 1]")
     if image_set is not None and image_set not in SETS:
@@ -665,7 +683,8 @@ def alm_predict(
     data = store.load_dataset(dataset)
     wanted = set(images_in(load_plan(dataset), image_set)) if image_set else set(data.images)
     members = [i for i in data.instances if i.image_id in wanted]
-    predictions = predict(load_checkpoint(checkpoint), data, members, threshold=threshold)
+    with progress_bar("predicting", len(members)) as advance:
+        predictions = predict_instances(runner, checkpoint, data, members, threshold, progress=advance)
     atomic.write_json(out, {str(k): np.round(v, 3).tolist() for k, v in sorted(predictions.items())})
     console.print(f"alm predict: {len(predictions)} instances -> {out}")
 
@@ -954,11 +973,15 @@ def quality_control(
     round_index: Annotated[int, typer.Option("--round", help="review round number for --push")] = 90,
     url: Annotated[str | None, URL_OPTION] = None,
     token: Annotated[str | None, TOKEN_OPTION] = None,
+    engine: EngineName = "local",
+    address: Address = None,
 ) -> None:
     """Rank labelled keypoints by mask, shape, left/right swap and appearance cues (most suspect first)."""
+    from semcorr.engine import Engine
     from semcorr.patchnet.run import push_suspects, run_qc
 
-    result = run_qc(dataset, checkpoint, out, top, split, triples, architecture=arch)
+    runner = Engine(kind=engine, address=address)
+    result = run_qc(dataset, checkpoint, out, top, split, triples, architecture=arch, engine=runner)
     suspects = result.suspects
     # `reason` (a sentence) stays in suspects.csv and the contact sheet: in a terminal table it wraps badly
     shown = suspects.head(top)[["ann_id", "image_id", "category", "name", "suspicion", "cue"]]

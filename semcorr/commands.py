@@ -402,6 +402,72 @@ POSE_IMPORT_FORMATS = ("sleap", "dlc", "nwb", "labelstudio")
 POSE_EXPORT_FORMATS = ("sleap", "dlc")
 
 
+DESIGN_STEPS = 7  # progress steps `design_keypoints` reports
+
+
+@dataclass(frozen=True)
+class DesignJob:
+    """One prototype for vote-keypoints: its mesh, category, output folder and votes (or None)."""
+
+    mesh: Path
+    category: str
+    out: Path
+    votes: Path | None = None
+
+
+def design_jobs(meshes: list[Path], categories: list[str], votes: list[Path], out: Path | None) -> list[DesignJob]:
+    """One job per mesh: `--category` (and `--votes`, when given) once per mesh, in order; one mesh writes
+    to `out` (default ./<category>-keypoints), several to `out`/<category>-keypoints (default ./)."""
+    if not meshes:
+        raise SemcorrError("no mesh: give the prototype mesh (or several, each with its --category)")
+    if len(categories) != len(meshes):
+        raise SemcorrError(f"--category given {len(categories)} times for {len(meshes)} meshes; give one per mesh, "
+                           "in the same order")
+    if votes and len(votes) != len(meshes):
+        raise SemcorrError(f"--votes given {len(votes)} times for {len(meshes)} meshes; give one per mesh, or none")
+    if len(set(categories)) != len(categories):
+        raise SemcorrError(f"categories repeat: {', '.join(categories)}; each mesh needs its own category")
+    if len(meshes) == 1:
+        folders = [out or Path(f"{categories[0]}-keypoints")]
+    else:
+        folders = [(out or Path(".")) / f"{name}-keypoints" for name in categories]
+    return [DesignJob(m, c, o, votes[i] if votes else None)
+            for i, (m, c, o) in enumerate(zip(meshes, categories, folders))]
+
+
+def _design_each(options, jobs: list[DesignJob]) -> list:
+    from semcorr.keypoint_design.design import design_keypoints
+
+    return [design_keypoints(job.mesh, job.category, job.out, job.votes, options) for job in jobs]
+
+
+def _absolute(job: DesignJob) -> DesignJob:
+    """`job` with absolute paths (a Ray worker does not run in this folder)."""
+    votes = Path(job.votes).expanduser().resolve() if job.votes is not None else None
+    return DesignJob(Path(job.mesh).expanduser().resolve(), job.category, Path(job.out).expanduser().resolve(), votes)
+
+
+def run_vote_keypoints(jobs: list[DesignJob], options, engine: Engine = LOCAL, progress: Progress = None) -> list:
+    """`design_keypoints` of every job (a `DesignResult` each, in job order): one after another here,
+    or one Ray task per prototype, each writing its own folder; the same files either way.
+
+    On a cluster of several machines the meshes, votes and output folders must be on a filesystem
+    every node mounts at the same path.
+    """
+    from functools import partial
+
+    from semcorr.engine import map_chunks
+    from semcorr.keypoint_design.design import checked_options, design_keypoints
+
+    checked_options(options)  # a bad option is one line before any work, here or on the cluster
+    advance = progress or (lambda _n: None)
+    if engine.kind == "local":
+        return [design_keypoints(job.mesh, job.category, job.out, job.votes, options,
+                                 progress=lambda _step: advance(1)) for job in jobs]
+    return map_chunks(engine, partial(_design_each, options), [_absolute(job) for job in jobs], chunk_size=1,
+                      progress=lambda n: advance(n * DESIGN_STEPS))
+
+
 def run_import(fmt: str, source: Path, out_dir: Path, images: Path | None = None, config: Path | None = None,
                category: str | None = None):
     """Import a pose tool's labels (through sleap-io) as a new dataset directory; returns its InterchangeReport."""

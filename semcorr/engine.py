@@ -75,6 +75,16 @@ def address_problem(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str | N
         return f"no Ray cluster answers at {host}:{port} ({exc.strerror or type(exc).__name__})"
 
 
+def auth_hint(address: str | None) -> str:
+    """What to try when a cluster at an explicit `address` refused us: a `ray start --head` of recent Ray
+    turns on token authentication, which a client given an address uses only with RAY_AUTH_MODE=token."""
+    if not address or address == "auto" or os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return ("; if the cluster uses token authentication (the default of `ray start --head` in recent Ray), "
+            "set RAY_AUTH_MODE=token (token from ~/.ray/auth_token or RAY_AUTH_TOKEN) or use --address auto on its "
+            "head node")
+
+
 @contextlib.contextmanager
 def ray_session(engine: Engine) -> Iterator[Any]:
     """The `ray` module, connected: to `engine.address`, to an already started Ray, or to a new local one."""
@@ -90,13 +100,13 @@ def ray_session(engine: Engine) -> Iterator[Any]:
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if engine.address:
         options["address"] = engine.address
-    else:
-        options["num_cpus"] = engine.num_cpus or os.cpu_count() or 1
+    else:  # "local": a new instance here, even where `ray start` left a cluster running (RAY_ADDRESS too)
+        options.update(address="local", num_cpus=engine.num_cpus or os.cpu_count() or 1)
     try:
         ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SemcorrError(f"--address {engine.address or '(local)'}: Ray did not start or connect "
-                           f"({' '.join(str(exc).split())[:160]})") from None
+                           f"({' '.join(str(exc).split())[:160]}){auth_hint(engine.address)}") from None
     try:
         yield ray
     finally:
@@ -196,15 +206,31 @@ def iter_actors(engine: Engine, cls: type, args: tuple, method: str, items: Sequ
                 progress(1)
 
 
+def semcorr_cause(exc: BaseException | None) -> SemcorrError | None:
+    """The SemcorrError somewhere in `exc`'s chain of causes (Ray Core and Ray Data wrap it), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        wrapped = getattr(exc, "cause", None)  # a RayTaskError is also an instance of its cause's class
+        if isinstance(wrapped, BaseException):
+            exc = wrapped
+        elif isinstance(exc, SemcorrError):
+            return exc
+        else:
+            exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @contextlib.contextmanager
 def raised_as_semcorr(ray) -> Iterator[None]:
-    """A SemcorrError raised inside a Ray task or actor comes out as itself (one clear line), not wrapped."""
+    """A SemcorrError raised inside a Ray task, actor or Ray Data function comes out as itself (one
+    clear line), not wrapped; an actor that died more than RETRIES times is one line too."""
     try:
         yield
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, SemcorrError):
-            raise SemcorrError(str(cause)) from None
-        raise
     except ray.exceptions.RayActorError as exc:
         raise SemcorrError(f"a Ray worker failed {RETRIES + 1} times ({' '.join(str(exc).split())[:200]})") from None
+    except Exception as exc:
+        cause = semcorr_cause(exc)
+        if cause is None or cause is exc:
+            raise
+        raise SemcorrError(str(cause)) from None

@@ -15,7 +15,12 @@ kept distinct from 2 ("labelled and visible").
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import json
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -178,23 +183,28 @@ class Dataset:
 
     def instance_table(self) -> pd.DataFrame:
         """One row per instance with the columns the builders use."""
-        rows = [
-            {
-                "ann_id": inst.id,
-                "image_id": inst.image_id,
-                "category_id": inst.category_id,
-                "category": self.categories[inst.category_id].name,
-                "azimuth_bin": -1 if inst.azimuth_bin is None else inst.azimuth_bin,
-                "bbox_area": inst.bbox_area,
-                "truncated": bool(inst.truncated),
-                "occluded": bool(inst.occluded),
-                "num_visible": int(inst.visible.sum()),
+        with collector_paused():
+            instances = self.instances
+            count = len(instances)
+            names = {c.id: c.name for c in self.categories.values()}
+            visible = [inst.keypoints[:, 2] == 2 for inst in instances]
+            sizes = np.fromiter(map(len, visible), dtype=np.int64, count=count)
+            shown = np.concatenate(([0], np.cumsum(np.concatenate(visible)) if count else [])).astype(np.int64)
+            ends = np.cumsum(sizes)
+            columns = {
+                "ann_id": [inst.id for inst in instances],
+                "image_id": [inst.image_id for inst in instances],
+                "category_id": [inst.category_id for inst in instances],
+                "category": [names[inst.category_id] for inst in instances],
+                "azimuth_bin": [-1 if inst.azimuth_bin is None else inst.azimuth_bin for inst in instances],
+                "bbox_area": [inst.bbox_area for inst in instances],
+                "truncated": [bool(inst.truncated) for inst in instances],
+                "occluded": [bool(inst.occluded) for inst in instances],
+                "num_visible": (shown[ends] - shown[ends - sizes]).astype(np.int64),
             }
-            for inst in self.instances
-        ]
-        columns = ["ann_id", "image_id", "category_id", "category", "azimuth_bin", "bbox_area",
-                   "truncated", "occluded", "num_visible"]
-        return pd.DataFrame(rows, columns=columns)
+            if not count:
+                return pd.DataFrame([], columns=list(columns))
+            return pd.DataFrame(columns, columns=list(columns))
 
 
 # ---------------------------------------------------------------------------- COCO <-> records
@@ -254,17 +264,115 @@ def _instance_to_coco(inst: Instance) -> dict[str, Any]:
     }
 
 
-def dataset_to_coco(dataset: Dataset) -> dict[str, Any]:
-    """The COCO keypoints dictionary written to `annotations.json`."""
+def round2(values: np.ndarray) -> np.ndarray:
+    """Python's `round(v, 2)` of every value (correctly rounded), vectorised.
+
+    Where numpy's rounding gives the value back, the value already is the double nearest a
+    2-decimal number, and so is Python's result; only the rest is rounded one by one.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    rounded = np.round(values, 2)
+    other = (rounded != values) & ~np.isnan(values)  # round(nan, 2) is nan too
+    if other.any():
+        rounded[other] = [round(v, 2) for v in values[other].tolist()]
+    return rounded
+
+
+def _instances_to_coco(instances: list[Instance]) -> list[dict[str, Any]]:
+    """`_instance_to_coco` of every instance, with the numbers converted in bulk (the same values and types)."""
+    count = len(instances)
+    try:
+        keypoints = [np.asarray(inst.keypoints, dtype=np.float64) for inst in instances]
+        if any(k.ndim != 2 or k.shape[1] != 3 for k in keypoints):
+            raise ValueError("not (K, 3) keypoints")
+        sizes = np.fromiter(map(len, keypoints), dtype=np.int64, count=count)
+        flat = np.concatenate(keypoints) if count else np.zeros((0, 3))
+        boxes = np.array([np.asarray(inst.bbox, dtype=np.float64) for inst in instances]).reshape(count, 4)
+        areas = np.fromiter((inst.area for inst in instances), dtype=np.float64, count=count)
+    except (ValueError, TypeError):
+        return [_instance_to_coco(inst) for inst in instances]
+    x, y, v = flat[:, 0], flat[:, 1], flat[:, 2]
+    unlabelled = v == 0
+    if not (np.isfinite(v).all() and np.isfinite(flat[~unlabelled, :2]).all()):
+        return [_instance_to_coco(inst) for inst in instances]  # it fails there as it always did
+    values = np.empty(3 * len(flat), dtype=object)
+    values[0::3] = round2(x).tolist()
+    values[1::3] = round2(y).tolist()
+    values[2::3] = v.astype(np.int64).tolist()
+    zero = np.flatnonzero(unlabelled) * 3
+    values[zero] = 0
+    values[zero + 1] = 0
+    values = values.tolist()
+    ends = np.cumsum(3 * sizes)
+    starts = (ends - 3 * sizes).tolist()
+    ends = ends.tolist()
+    labelled = np.concatenate(([0], np.cumsum(v > 0)))
+    row_ends = np.cumsum(sizes)
+    num_keypoints = (labelled[row_ends] - labelled[row_ends - sizes]).tolist()
+    box_lists = round2(boxes).tolist()
+    area_values = round2(areas).tolist()
+    out = []
+    for index, inst in enumerate(instances):
+        attributes = dict(inst.extra_attributes)
+        attributes.update({"azimuth_bin": inst.azimuth_bin, "truncated": bool(inst.truncated),
+                           "occluded": bool(inst.occluded)})
+        out.append({
+            "id": inst.id,
+            "image_id": inst.image_id,
+            "category_id": inst.category_id,
+            "bbox": box_lists[index],
+            "area": area_values[index],
+            "iscrowd": int(inst.iscrowd),
+            "segmentation": inst.segmentation if inst.segmentation is not None else [],
+            "keypoints": values[starts[index]:ends[index]],
+            "num_keypoints": num_keypoints[index],
+            "attributes": attributes,
+        })
+    return out
+
+
+def dataset_to_coco(dataset: Dataset, annotations: bool = True) -> dict[str, Any]:
+    """The COCO keypoints dictionary written to `annotations.json` (`annotations` an empty list when False)."""
     return {
         "info": dataset.info,
         "images": [
             {"id": im.id, "file_name": im.file_name, "width": im.width, "height": im.height}
             for im in sorted(dataset.images.values(), key=lambda im: im.id)
         ],
-        "annotations": [_instance_to_coco(inst) for inst in dataset.instances],
+        "annotations": _instances_to_coco(dataset.instances) if annotations else [],
         "categories": [_category_to_coco(c) for c in sorted(dataset.categories.values(), key=lambda c: c.id)],
     }
+
+
+ANNOTATION_CHUNK = 50_000  # instances converted and written at a time
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def coco_text(coco: dict[str, Any], instances: list[Instance],
+              adjust: Callable[[list[dict[str, Any]]], None] | None = None) -> Iterator[str]:
+    """The text of `json.dumps(coco)` (compact, UTF-8, as `atomic.write_json` writes it, newline included)
+    in pieces, with `coco["annotations"]` made from `instances` ANNOTATION_CHUNK at a time.
+
+    The annotations never exist as one list of dictionaries; `adjust` may change each chunk's
+    dictionaries in place before they are written.
+    """
+    yield "{"
+    for position, (key, value) in enumerate(coco.items()):
+        yield f"{', ' if position else ''}{_dumps(key)}: "
+        if key != "annotations":
+            yield _dumps(value)
+            continue
+        yield "["
+        for start in range(0, len(instances), ANNOTATION_CHUNK):
+            records = _instances_to_coco(instances[start:start + ANNOTATION_CHUNK])
+            if adjust is not None:
+                adjust(records)
+            yield (", " if start else "") + _dumps(records)[1:-1]
+        yield "]"
+    yield "}\n"
 
 
 def _parse_category(raw: Any, index: int, path: Path) -> Category:
@@ -355,6 +463,22 @@ def _parse_instance(raw: Any, index: int, path: Path, images: dict[int, ImageInf
     )
 
 
+@contextlib.contextmanager
+def collector_paused():
+    """No cyclic garbage collection while a million acyclic records are built or written.
+
+    Each collection would walk every container made so far (the parsed JSON included); none of
+    them is part of a reference cycle, so pausing frees nothing late. Restored afterwards.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def dataset_from_coco(coco: Any, path: Path, image_root: Path, check_files: bool = True) -> Dataset:
     """Validate a COCO keypoints dictionary and turn it into a Dataset.
 
@@ -367,6 +491,25 @@ def dataset_from_coco(coco: Any, path: Path, image_root: Path, check_files: bool
     Raises:
         SemcorrError: naming the file and record of the first problem found.
     """
+    with collector_paused():
+        return _dataset_from_coco(coco, path, image_root, check_files)
+
+
+def _file_exists(image_root: Path) -> Callable[[str], bool]:
+    """Whether `image_root / name` is a file: one directory listing for plain names, a stat otherwise."""
+    try:
+        with os.scandir(image_root) as entries:
+            listed = {entry.name for entry in entries if entry.is_file()}
+    except OSError:
+        listed = set()
+
+    def exists(name: str) -> bool:
+        return name in listed or (image_root / name).is_file()
+
+    return exists
+
+
+def _dataset_from_coco(coco: Any, path: Path, image_root: Path, check_files: bool) -> Dataset:
     top = coco_schema.check_record(coco_schema.RawCoco, coco, path, "top level", "write a COCO keypoints file")
     categories: dict[int, Category] = {}
     for index, raw in enumerate(top.categories):
@@ -379,25 +522,165 @@ def dataset_from_coco(coco: Any, path: Path, image_root: Path, check_files: bool
                                "give each category its own name")
         categories[category.id] = category
     images: dict[int, ImageInfo] = {}
+    exists = _file_exists(image_root) if check_files else None
     for index, raw in enumerate(top.images):
         image = _parse_image(raw, index, path)
         if image.id in images:
             raise SemcorrError(f"{path}: image id={image.id}: duplicate image id; give each image its own id")
-        if check_files and not (image_root / image.file_name).is_file():
+        if exists is not None and not exists(image.file_name):
             raise SemcorrError(f"{path}: image id={image.id}: image file {image_root / image.file_name} does not "
                                "exist; copy the image there or fix file_name")
         images[image.id] = image
-    instances = []
-    seen: set[int] = set()
-    for index, raw in enumerate(top.annotations):
-        inst = _parse_instance(raw, index, path, images, categories)
-        if inst.id in seen:
-            raise SemcorrError(f"{path}: annotation id={inst.id}: duplicate annotation id; "
-                               "give each annotation its own id")
-        seen.add(inst.id)
-        instances.append(inst)
+    instances = _parse_instances(top.annotations, path, images, categories)
     return Dataset(images=images, categories=categories, instances=instances, image_root=image_root,
                    info=dict(top.info))
+
+
+_KNOWN_ATTRIBUTES = ("azimuth_bin", "truncated", "occluded")
+
+
+def _lookup(table: dict[int, Any], keys: np.ndarray, *columns: Callable[[Any], int]) -> tuple[np.ndarray, ...]:
+    """For each key: found in `table`, and each column's value of its entry (0 where not found)."""
+    known = np.fromiter(table, dtype=np.int64, count=len(table))
+    order = np.argsort(known)
+    known = known[order]
+    entries = [table[k] for k in known.tolist()]
+    position = np.clip(np.searchsorted(known, keys), 0, max(len(known) - 1, 0))
+    found = known[position] == keys if len(known) else np.zeros(len(keys), dtype=bool)
+    out = [found]
+    for column in columns:
+        values = np.array([column(e) for e in entries], dtype=np.int64) if entries else np.zeros(1, dtype=np.int64)
+        out.append(np.where(found, values[position], 0))
+    return tuple(out)
+
+
+def _parse_instances(raws: list, path: Path, images: dict[int, ImageInfo],
+                     categories: dict[int, Category]) -> list[Instance]:
+    """All annotations as Instances, in file order; the first problem raised as `_parse_instance` words it.
+
+    Records of the common shape are checked column by column (types and ranges in bulk, keypoint
+    visibility and bounds vectorised) and built without per-record numpy work: their keypoints
+    and boxes are rows of one array each. Every other record (RLE masks, anything doubtful) goes
+    through `_parse_instance` and its pydantic model, so every message stays what it was.
+    """
+    count = len(raws)
+    if count == 0:
+        return []
+    is_dict = np.fromiter((type(r) is dict for r in raws), dtype=bool, count=count)
+    ok = is_dict.copy()
+    records = raws if ok.all() else [r if good else {} for r, good in zip(raws, is_dict.tolist())]
+
+    ids = [r.get("id") for r in records]
+    image_ids = [r.get("image_id") for r in records]
+    category_ids = [r.get("category_id") for r in records]
+    ok &= coco_schema.plain_ids(ids)
+    image_ok = coco_schema.plain_ids(image_ids)
+    category_ok = coco_schema.plain_ids(category_ids)
+    ok &= image_ok & category_ok
+    found, widths, heights = _lookup(images, coco_schema.id_array(image_ids, image_ok),
+                                     lambda im: im.width, lambda im: im.height)
+    ok &= found
+    found, sizes = _lookup(categories, coco_schema.id_array(category_ids, category_ok),
+                           lambda c: c.num_keypoints)
+    ok &= found
+    del image_ids, category_ids, found
+
+    # boxes: four finite numbers, positive width and height
+    values, lengths = coco_schema.number_lists([r.get("bbox") for r in records], ok)
+    ok &= lengths == 4
+    boxes = np.zeros((count, 4))
+    if (lengths == 4).all():
+        boxes = values.reshape(count, 4)
+    else:
+        four = lengths == 4
+        starts = np.cumsum(lengths) - lengths
+        boxes[four] = values[(starts[four, None] + np.arange(4)).ravel()].reshape(-1, 4)
+    ok &= (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+
+    # keypoints: 3K finite numbers (or none), visibility 0/1/2, labelled points inside the image
+    values, lengths = coco_schema.number_lists([r.get("keypoints", _NO_VALUES) for r in records], ok)
+    expected = 3 * sizes
+    ok &= (lengths == expected) | (lengths == 0)
+    given = (lengths == expected) & (lengths > 0)
+    if given.all():
+        flat = values
+    else:
+        flat = np.zeros(int(expected.sum()))
+        flat[np.repeat(given, expected)] = values[np.repeat(given, lengths)]
+    del values
+    keypoints = flat.reshape(-1, 3)
+    owner = np.repeat(np.arange(count), sizes)
+    x, y, v = keypoints[:, 0], keypoints[:, 1], keypoints[:, 2]
+    labelled = v > 0
+    wrong = ~((v == 0) | (v == 1) | (v == 2)) | (labelled & ~(
+        (x >= 0) & (x <= widths[owner]) & (y >= 0) & (y <= heights[owner])))
+    ok[owner[wrong]] = False
+    keypoints[v == 0, :2] = np.nan
+    del owner, x, y, v, labelled, wrong
+
+    # the other fields, as `quick_annotation` and `quick_attributes` take them
+    ok &= coco_schema.plain_optional_numbers([r.get("num_keypoints") for r in records], 0) & np.fromiter(
+        (r.get("num_keypoints") is None or type(r.get("num_keypoints")) is int for r in records), dtype=bool,
+        count=count)
+    areas = [r.get("area") for r in records]
+    ok &= coco_schema.plain_optional_numbers(areas, 0)
+    crowds = [r.get("iscrowd", 0) for r in records]
+    ok &= np.fromiter((type(c) in (int, bool) and c in (0, 1) for c in crowds), dtype=bool, count=count)
+    attributes = [r.get("attributes", _NO_ATTRIBUTES) for r in records]
+    is_attr = np.fromiter((type(a) is dict for a in attributes), dtype=bool, count=count)
+    ok &= is_attr
+    attributes = [a if good else _NO_ATTRIBUTES for a, good in zip(attributes, is_attr.tolist())]
+    if not set(map(type, itertools.chain.from_iterable(attributes))) <= {str}:
+        ok &= np.fromiter((all(type(k) is str for k in a) for a in attributes), dtype=bool, count=count)
+    ok &= coco_schema.plain_attributes(attributes)
+    segmentations = [r.get("segmentation") for r in records]
+    coco_schema.finite_polygons(segmentations, ok)
+
+    # duplicate ids: the first record whose id an earlier record has
+    id_values = coco_schema.id_array(ids, coco_schema.plain_ids(ids))
+    id_values = np.where(id_values < 0, -2 - np.arange(count), id_values)
+    _, first = np.unique(id_values, return_index=True)
+    repeated = np.ones(count, dtype=bool)
+    repeated[first] = False
+    first_repeat = int(np.argmax(repeated)) if repeated.any() else count
+
+    # records left to the model, in file order; an error there or a duplicate id stops the load
+    slow: dict[int, Instance] = {}
+    for index in sorted({*np.flatnonzero(~ok).tolist(), *([first_repeat] if first_repeat < count else [])}):
+        if not ok[index]:
+            slow[index] = _parse_instance(raws[index], index, path, images, categories)
+        if index == first_repeat:
+            raise SemcorrError(f"{path}: annotation id={ids[index]}: duplicate annotation id; "
+                               "give each annotation its own id")
+
+    ends = np.cumsum(sizes)
+    starts = (ends - sizes).tolist()
+    ends = ends.tolist()
+    box_rows = list(boxes)
+    new = Instance.__new__
+    instances = []
+    for index, raw in enumerate(records):
+        if index in slow:
+            instances.append(slow[index])
+            continue
+        extra = dict(attributes[index])
+        azimuth = extra.pop("azimuth_bin", None)
+        truncated = extra.pop("truncated", False)
+        occluded = extra.pop("occluded", False)
+        area = areas[index]
+        box = box_rows[index]
+        inst = new(Instance)
+        inst.__dict__.update(
+            id=raw["id"], image_id=raw["image_id"], category_id=raw["category_id"], bbox=box,
+            keypoints=keypoints[starts[index]:ends[index]], segmentation=segmentations[index] or None,
+            area=float(area if area is not None else box[2] * box[3]), azimuth_bin=azimuth,
+            truncated=bool(truncated), occluded=bool(occluded), iscrowd=int(crowds[index]), extra_attributes=extra)
+        instances.append(inst)
+    return instances
+
+
+_NO_VALUES: list = []
+_NO_ATTRIBUTES: dict = {}
 
 
 def read_json(path: Path) -> Any:
@@ -409,7 +692,8 @@ def read_json(path: Path) -> Any:
     if data[:2] == b"\x1f\x8b":
         raise SemcorrError(f"{path}: is gzip-compressed; decompress it first (gunzip)")
     try:
-        return json.loads(data.decode("utf-8-sig"))
+        with collector_paused():  # a parsed file is acyclic: nothing for the collector to find while it grows
+            return json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise SemcorrError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
@@ -445,7 +729,8 @@ def load_dataset(root: Path, check_files: bool = True) -> Dataset:
 def save_dataset(dataset: Dataset, root: Path) -> Path:
     """Atomically write `annotations.json` into a dataset directory; returns its path."""
     path = Path(root) / ANNOTATIONS_FILE
-    atomic.write_json(path, dataset_to_coco(dataset))
+    with collector_paused():
+        atomic.write_chunks(path, coco_text(dataset_to_coco(dataset, annotations=False), dataset.instances))
     return path
 
 
@@ -551,14 +836,20 @@ def check_pairs(pairs: pd.DataFrame, path: Path, dataset: Dataset | None = None)
         row = pairs[bad_split.to_numpy()].iloc[0]
         raise fail(f"pair_id={row.pair_id}", f"split {row.split!r} is not one of {', '.join(SPLIT_NAMES)}")
     try:
-        kps_ids = pa.array(pairs["kps_ids"]).to_pylist()
+        kps_array = pa.array(pairs["kps_ids"])
     except (pa.ArrowException, TypeError, ValueError):
         raise fail("column 'kps_ids'", "is not a list of keypoint indexes per pair") from None
     if dataset is None:
         return
     by_name = {c.name: c for c in dataset.categories.values()}
-    instances = {inst.id: inst for inst in dataset.instances}
-    suspects = suspect_pairs(pairs, kps_ids, dataset)
+    flat = _integer_lists(kps_array)
+    if flat is not None:  # lists of integers without nulls: checked from the Arrow buffers
+        suspects = _suspect_pairs(pairs, *flat, dataset)
+        kps_ids = {int(i): kps_array[int(i)].as_py() for i in suspects}
+    else:
+        kps_ids = kps_array.to_pylist()
+        suspects = suspect_pairs(pairs, kps_ids, dataset)
+    instances = {inst.id: inst for inst in dataset.instances} if len(suspects) else {}
     for row, kps in zip(pairs.iloc[suspects].itertuples(index=False), (kps_ids[i] for i in suspects)):
         record = f"pair_id={row.pair_id}"
         category = by_name.get(str(row.category))
@@ -583,23 +874,49 @@ def suspect_pairs(pairs: pd.DataFrame, kps_ids: list, dataset: Dataset) -> np.nd
     Checked in bulk: the category is known, both image ids are images, each annotation id (SPair)
     is an instance of its image, and every keypoint id is an int in 0..K-1 of the category.
     """
-    names = pairs["category"].astype(str).to_numpy()
-    sizes = {c.name: c.num_keypoints for c in dataset.categories.values()}
-    bad = ~pd.Series(names).isin(list(sizes)).to_numpy()
-    image_of = pd.Series({inst.id: inst.image_id for inst in dataset.instances}, dtype="int64")
-    for side in ("src", "trg"):
-        images = pairs[f"{side}_image_id"].to_numpy()
-        bad |= ~np.isin(images, np.fromiter(dataset.images, dtype=np.int64, count=len(dataset.images)))
-        if f"{side}_ann_id" in pairs.columns:
-            owner = pd.Series(pairs[f"{side}_ann_id"].to_numpy()).map(image_of).to_numpy()
-            bad |= ~(owner == images)
     lengths = np.fromiter((len(k) if isinstance(k, list) else -1 for k in kps_ids), dtype=np.int64,
                           count=len(kps_ids))
-    bad |= lengths < 0
     flat = [k for kps in kps_ids if isinstance(kps, list) for k in kps]
     if not all(type(k) is int for k in flat):
         return np.arange(len(pairs))
-    values = np.asarray(flat, dtype=np.int64)
+    return _suspect_pairs(pairs, lengths, np.asarray(flat, dtype=np.int64), dataset)
+
+
+def _integer_lists(array: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lengths, values as int64) of an Arrow array of integer lists with no null list or value, else None."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+        return None
+    if not pa.types.is_integer(array.type.value_type) or array.null_count:
+        return None
+    offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    first, last = (int(offsets[0]), int(offsets[-1])) if len(array) else (0, 0)
+    values = array.values.slice(first, last - first)
+    if values.null_count:
+        return None
+    numbers = values.to_numpy(zero_copy_only=False)
+    if numbers.dtype == np.uint64 and len(numbers) and numbers.max() > np.iinfo(np.int64).max:
+        return None
+    return np.diff(offsets), numbers.astype(np.int64)
+
+
+def _suspect_pairs(pairs: pd.DataFrame, lengths: np.ndarray, values: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """`suspect_pairs` given each pair's keypoint-id count (-1: not a list) and all the ids, in order."""
+    names = pairs["category"].astype(str).to_numpy()
+    sizes = {c.name: c.num_keypoints for c in dataset.categories.values()}
+    bad = ~pd.Series(names).isin(list(sizes)).to_numpy()
+    image_ids = np.fromiter(dataset.images, dtype=np.int64, count=len(dataset.images))
+    image_of = None
+    for side in ("src", "trg"):
+        images = pairs[f"{side}_image_id"].to_numpy()
+        bad |= ~np.isin(images, image_ids)
+        if f"{side}_ann_id" in pairs.columns:
+            if image_of is None:
+                image_of = pd.Series({inst.id: inst.image_id for inst in dataset.instances}, dtype="int64")
+            owner = pd.Series(pairs[f"{side}_ann_id"].to_numpy()).map(image_of).to_numpy()
+            bad |= ~(owner == images)
+    bad |= lengths < 0
     limits = np.repeat(pd.Series(names).map(sizes).fillna(0).to_numpy(dtype=np.int64), np.maximum(lengths, 0))
     wrong = (values < 0) | (values >= limits)
     bad[np.repeat(np.arange(len(pairs)), np.maximum(lengths, 0))[wrong]] = True

@@ -251,6 +251,15 @@ def test_labelstudio_export_imports_with_boxes(tmp_path):
     np.testing.assert_allclose(inst.keypoints[[0, 2]], [[60, 30, 2], [50, 50, 2]])
     assert inst.keypoints[1, 2] == 0
     np.testing.assert_allclose(inst.bbox, [20, 20, 100, 40])
+    # two annotations of one task: the later `updated_at` counts whatever the list order (as `review pull`)
+    older = [dict(r, value=dict(r["value"], x=r["value"]["x"] + 5)) for r in regions]
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([{"id": 9, "data": {"image": "/data/local-files/?d=a.jpg"}, "annotations": [
+        {"id": 2, "updated_at": "2026-12-03T10:00:00Z", "result": regions},
+        {"id": 1, "updated_at": "2026-12-01T10:00:00Z", "result": older}]}]))
+    commands.run_import("labelstudio", twice, tmp_path / "out3", images=images, config=config)
+    (latest,) = store.load_dataset(tmp_path / "out3").instances
+    np.testing.assert_allclose(latest.keypoints, inst.keypoints)
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps([{"id": 8, "data": {"image": "/data/upload/1/zz.jpg"},
                                     "annotations": [{"result": regions}]}]))

@@ -111,6 +111,30 @@ def test_combined_suspicion_is_the_sum_of_positive_weighted_cues():
     assert fired.tolist() == ["mask", "swap", "", ""]
 
 
+def test_off_mask_tier_by_hand():
+    # box sides outside the mask: visible at 0.05, 0.03 (the limit) and 0.029 of a 100 px box; hidden at 0.5;
+    # no mask (NaN); 0.04 of a 40 px box is 1.6 px, under the 2 px floor; 0.05 of it is 2 px
+    distance = np.array([0.05, 0.03, 0.029, 0.5, np.nan, 0.04, 0.05])
+    visibility = np.array([2, 2, 2, 1, 2, 2, 2])
+    side = np.array([100.0] * 5 + [40.0, 40.0])
+    assert cues.off_mask(distance, visibility, side).tolist() == [True, True, False, False, False, False, True]
+
+
+def test_off_mask_points_rank_first_and_their_images_first():
+    rows = pd.DataFrame({"ann_id": [1, 1, 2], "image_id": [10, 10, 20], "category": ["c"] * 3, "keypoint": [0, 1, 0],
+                         "name": ["a", "b", "a"], "visibility": [2, 2, 2], "x": [0.0] * 3, "y": [0.0] * 3})
+    # ann 1 keypoint 1 is 0.04 box sides off its mask (z 2 with the 0.02 floor); ann 2's point has a swap z of 40
+    mask = pd.DataFrame({"ann_id": [1, 1, 2], "keypoint": [0, 1, 0], "mask": [0.0, 0.04, 0.0],
+                         "box_side": [100.0, 100.0, 100.0]})
+    swap = pd.DataFrame({"ann_id": [1, 1, 2], "keypoint": [0, 1, 0], "swap": [0.0, 0.0, 0.2],
+                         "swap_with": ["", "", "b"]})
+    table = qc.rank_keypoints(rows, [mask, swap])
+    assert table.suspicion.iloc[1] > table.suspicion.iloc[0]  # the swap's sum is larger ...
+    assert list(zip(table.ann_id, table.keypoint)) == [(1, 1), (2, 0), (1, 0)]  # ... but the off-mask point is first
+    assert table.cue.iloc[0] == "mask" and table.reason.iloc[0] == "0.04 box sides outside the mask"
+    assert qc.image_suspicion(table).image_id.tolist() == [10, 20]
+
+
 def test_part_cue_names_the_part_a_point_sits_on():
     xy = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.02], [np.nan, np.nan]])
     predictions = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
@@ -197,14 +221,18 @@ def test_combined_ranking_puts_planted_errors_at_the_top(planted_check):
     _, _, planted, suspects = planted_check
     keys = plant.planted_keys(planted)
     keys = keys[keys.kind.isin(plant.KINDS)].reset_index(drop=True)  # 3 + 3 + 6 (both points of each swap) = 12
-    ranks = plant.ranks_of(suspects, "suspicion", keys)
+    ranks = plant.ranks_of(suspects.assign(order=-np.arange(len(suspects))), "order", keys)  # qc's own order
     print("planted ranks", list(zip(keys.kind, ranks.tolist())), "of", len(suspects))
-    # On this seed the ranks are: off-object 5, 4, 20; wrong part 2, 8, 0; swaps (138, 101), (43, 38), (1, 19),
-    # of 370 (with three on-object displacements also planted). Chance puts 12 / 370 = 3% in the top 12.
+    # On this seed the ranks are: off-object 5, 4, 20 by suspicion alone and 1, 0, 20 with the mask priority;
+    # wrong part 4, 8, 2; swaps (138, 101), (43, 38), (3, 19), of 370 (with three on-object displacements
+    # also planted). Chance puts 12 / 370 = 3% in the top 12.
     top = ranks < len(keys)
     assert top.mean() >= 0.5
     assert top[keys.kind == "wrong_part"].all()  # the overlap and part cues (the old max rule: 1 of 3)
-    assert top[keys.kind == "off_object"].sum() >= 2 and (ranks[keys.kind == "off_object"] < 2 * len(keys)).all()
+    # two land clearly off their masks and are listed first; the third is 0.03 box sides off a small instance,
+    # under the 2 px floor of the mask priority, and ranks by its suspicion alone
+    off_object = ranks[keys.kind == "off_object"]
+    assert sorted(off_object)[:2] == [0, 1] and (off_object < 2 * len(keys)).all()
     assert top[keys.kind == "swap"].any()
     assert plant.swaps_reported(suspects, planted) == 2  # two of the three swaps named as that pair's swap
     fired = suspects.set_index(["ann_id", "keypoint"]).cue
@@ -219,7 +247,10 @@ def test_every_labelled_keypoint_gets_a_row_with_a_reason_for_a_missing_appearan
     lonely = suspects[suspects.appearance.isna()]
     assert len(lonely) > 0 and (lonely.appearance_note.str.contains("in no pair")).all()
     assert (suspects[suspects.appearance.notna()].appearance_note == "").all()
-    assert suspects.suspicion.is_monotonic_decreasing
+    off = suspects.off_mask.to_numpy()
+    assert not (off[1:] & ~off[:-1]).any()  # off-mask points first ...
+    assert all(part.suspicion.is_monotonic_decreasing for _, part in suspects.groupby("off_mask"))  # ... then suspicion
+    assert (suspects[off].cue == "mask").all() and suspects[off].suspect.all()
 
 
 def test_qc_without_a_checkpoint_writes_the_cues_and_the_sheet(store_copy, tmp_path):

@@ -208,9 +208,11 @@ def test_qc_push_sends_suspect_images_as_a_review_round(label_studio, synth_stor
     chairs = [i for i in dataset.instances if dataset.categories[i.category_id].name == "chair"][:2]
     suspects = pd.DataFrame({"ann_id": [chairs[0].id, chairs[1].id, chairs[0].id], "image_id": [
         chairs[0].image_id, chairs[1].image_id, chairs[0].image_id], "keypoint": [1, 2, 3],
-        "suspicion": [8.0, 4.0, 1.0]})
+        "suspicion": [8.0, 4.0, 1.0], "off_mask": [False, True, False], "name": ["a", "b", "c"],
+        "cue": ["swap", "mask", ""], "reason": ["left/right swap with c?", "0.10 box sides outside the mask", ""]})
     counts = push_suspects(root, suspects, 7, label_studio.url, label_studio.token, top=2)
-    assert counts["created"] == 2
+    assert counts["created"] == 2 and counts["noted"] == 0  # the notes went in with the new tasks
+    # (the third keypoint has no cue: nothing to note)
     client = LabelStudio(label_studio.url, label_studio.token)
     tasks = client.all_tasks(review.find_project(client, review.project_title(root, "chair"))["id"])
     first = next(t for t in tasks if t["data"]["semcorr_image_id"] == chairs[0].image_id)
@@ -222,6 +224,11 @@ def test_qc_push_sends_suspect_images_as_a_review_round(label_studio, synth_stor
         assert regions[f"a{chairs[0].id}k1"]["score"] == 0.0
     unsuspected = next(k for k in visible if k not in (1, 3))
     assert regions[f"a{chairs[0].id}k{unsuspected}"]["score"] == 1.0
+    assert first["data"]["semcorr_qc"] == f"a (ann {chairs[0].id}): swap - left/right swap with c?"
+    second = next(t for t in tasks if t["data"]["semcorr_image_id"] == chairs[1].image_id)
+    assert second["data"]["semcorr_qc"] == f"b (ann {chairs[1].id}): mask - 0.10 box sides outside the mask"
+    if chairs[1].visible[2]:  # off its mask: score 0 although its suspicion (4) is half the worst (8)
+        assert {r["id"]: r for r in second["predictions"][0]["result"]}[f"a{chairs[1].id}k2"]["score"] == 0.0
 
 
 def test_auto_accept_push_and_pull_against_real_label_studio(label_studio, synth_store, tmp_path, monkeypatch):

@@ -18,18 +18,34 @@ ACCEPT_RADIUS = 0.05  # share of the box's longer side
 
 @dataclass(frozen=True)
 class Calibration:
-    """p(hit) = sigmoid(a * logit(raw) + b); the identity (a=1, b=0) when too few points were seen."""
+    """p(hit) = sigmoid(a * logit(raw) + b); the identity (a=1, b=0) when too few points were seen.
+
+    `var_a`, `cov_ab`, `var_b`: the fit's uncertainty (inverse Hessian of the log-likelihood at the
+    optimum, a Laplace approximation); zero for a hand-made calibration, which is then taken as exact.
+    """
 
     a: float = 1.0
     b: float = 0.0
     points: int = 0
     radius: float = ACCEPT_RADIUS
+    var_a: float = 0.0
+    cov_ab: float = 0.0
+    var_b: float = 0.0
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(self.a * _logit(raw) + self.b)))
 
+    def upper(self, raw: np.ndarray, z: float) -> np.ndarray:
+        """The calibrated probability's upper confidence bound: `z` standard errors of the fit's
+        logit above the estimate (delta method on a, b); equal to the estimate when z = 0 or the
+        fit's uncertainty is unknown."""
+        x = _logit(raw)
+        variance = np.maximum(x ** 2 * self.var_a + 2 * x * self.cov_ab + self.var_b, 0.0)
+        return 1.0 / (1.0 + np.exp(-(self.a * x + self.b + z * np.sqrt(variance))))
+
     def to_dict(self) -> dict[str, float]:
-        return {"a": float(self.a), "b": float(self.b), "points": int(self.points), "radius": float(self.radius)}
+        return {"a": float(self.a), "b": float(self.b), "points": int(self.points), "radius": float(self.radius),
+                "var_a": float(self.var_a), "cov_ab": float(self.cov_ab), "var_b": float(self.var_b)}
 
 
 def _logit(raw: np.ndarray) -> np.ndarray:
@@ -49,7 +65,19 @@ def fit_platt(raw: np.ndarray, hit: np.ndarray, min_points: int = 20) -> Calibra
         return float(np.mean(np.logaddexp(0, z) - hit * z) + 1e-4 * params[0] ** 2)
 
     result = minimize(loss, np.array([1.0, 0.0]), method="L-BFGS-B")
-    return Calibration(a=float(result.x[0]), b=float(result.x[1]), points=len(raw))
+    a, b = float(result.x[0]), float(result.x[1])
+    # Laplace approximation: covariance of (a, b) = inverse Hessian of the summed negative log-likelihood
+    p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+    w = p * (1 - p)
+    hessian = np.array([[np.sum(w * x * x) + 2e-4 * len(x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]])
+    try:
+        cov = np.linalg.inv(hessian)
+    except np.linalg.LinAlgError:
+        cov = np.full((2, 2), np.nan)
+    if not np.isfinite(cov).all() or cov[0, 0] < 0 or cov[1, 1] < 0:
+        cov = np.array([[1e6, 0.0], [0.0, 1e6]])  # degenerate fit: as good as unknown
+    return Calibration(a=a, b=b, points=len(raw), var_a=float(cov[0, 0]), cov_ab=float(cov[0, 1]),
+                       var_b=float(cov[1, 1]))
 
 
 def reliability(probability: np.ndarray, hit: np.ndarray, bins: int = 5) -> list[dict[str, float]]:

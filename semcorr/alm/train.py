@@ -76,6 +76,7 @@ class ALM:
     visibility_calibration: Calibration = field(default_factory=Calibration)
     history: list[dict[str, float]] = field(default_factory=list)
     shape_prior: dict[str, dict[str, list]] = field(default_factory=dict)
+    visibility_evidence: list[dict[str, float]] = field(default_factory=list)
 
 
 def shape_statistics(dataset: Dataset, instances: list[Instance], crop_size: int) -> dict[str, dict[str, list]]:
@@ -114,6 +115,15 @@ def prior_maps(prior: dict[str, list], crop_size: int) -> np.ndarray:
     gx = np.exp(-((centres[None, :] - mean[:, :1]) ** 2) / (2 * spread[:, :1] ** 2))
     gy = np.exp(-((centres[None, :] - mean[:, 1:]) ** 2) / (2 * spread[:, 1:] ** 2))
     return gy[:, :, None] * gx[:, None, :]
+
+
+# Whether sub-cell positions are fitted on the heatmap without the prior (the prior then only chooses
+# the peak cell). Multiplying by a Gaussian prior of spread s moves a heatmap peak of width h toward
+# the mean shape by h^2 / (h^2 + s^2) of its distance from it. Replayed on the 2026-12-03 COCO loop's
+# checkpoints (benchmarks/RESULTS.md), refining without the prior accepted 2 more keypoints per review
+# round but lost 2.3 points of held-out PCK@0.1, and it pulls vague heatmaps of an untrained model off
+# the mean shape; so off by default.
+REFINE_WITHOUT_PRIOR = False
 
 
 def device() -> torch.device:
@@ -269,8 +279,10 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     partial = ALM(model=model, keypoints=keypoints, backbone=options.backbone if init is None else init.backbone,
                   crop_size=options.crop_size if init is None else init.crop_size, round=round_index,
                   data_hash=data_hash(instances), flip_pairs=flip_pairs)
+    # the mean shape of the fitting share only: the validation share must not shape the prior that
+    # early stopping and calibration are then measured with
     partial.shape_prior = {**(init.shape_prior if init is not None else {}),
-                           **shape_statistics(dataset, instances, partial.crop_size)}
+                           **shape_statistics(dataset, fitting, partial.crop_size)}
     history, scores, best_state = [], [], None
     step = 0
     for epoch in range(options.epochs):
@@ -312,27 +324,80 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
         model.load_state_dict(best_state)
     model.eval()
     partial.model, partial.history = model.cpu(), history
+    partial.visibility_evidence = list(init.visibility_evidence) if init is not None else []
     if validation:
         raw, hit, raw_visible, truly_visible = validation_scores(partial, dataset, validation, validation_crops)
         partial.calibration = fit_platt(raw, hit)
         visibility = fit_platt(raw_visible, truly_visible)
-        if hiding_saves_clicks(visibility(raw_visible), truly_visible):
-            partial.visibility_calibration = visibility
+        if visibility.var_a > 0:  # a real fit (both classes, enough points), not the identity
+            outcome = visibility_outcomes(hide_mask(visibility, raw_visible), truly_visible,
+                                          visibility(raw_visible))
+            partial.visibility_evidence.append({"round": int(round_index),
+                                                "images": len({i.image_id for i in validation}), **outcome})
+            if hiding_saves_clicks(partial.visibility_evidence):
+                partial.visibility_calibration = visibility
     return partial
 
 
 # Hiding a visible point costs the reviewer 2 clicks (place it, name it); showing a point that is not
-# visible costs 1 (discard it). So a point is hidden only when P(visible) < 1/3.
+# visible costs 1 (discard it). With a calibrated P(visible) = p, hiding costs 2p clicks on average
+# and showing 1 - p, so hiding pays when p < 1/3.
 HIDE_THRESHOLD = 1 / 3
+# The margin: a point is hidden only when the upper confidence bound of its calibrated P(visible)
+# (HIDE_Z standard errors of the Platt fit's logit, one-sided about 84%) is below the threshold, so
+# a calibration fitted on few validation points hides little and one fitted on many approaches the
+# expected-cost rule.
+HIDE_Z = 1.0
+# Hiding is switched off when the pooled validation outcomes show, with this confidence, that more
+# than a third of the points it hid were labelled (it then costs clicks).
+VETO_CONFIDENCE = 0.9
 
 
-def hiding_saves_clicks(p_visible: np.ndarray, truly_visible: np.ndarray, threshold: float = HIDE_THRESHOLD
-                        ) -> bool:
-    """Whether hiding points below `threshold` costs the reviewer fewer clicks on the validation share
-    than showing every point (a wrongly hidden point costs 2 clicks, a wrongly shown one 1)."""
-    hide = p_visible < threshold
-    with_rule = 2 * int((hide & truly_visible).sum()) + int((~hide & ~truly_visible).sum())
-    return bool(len(p_visible)) and with_rule < int((~truly_visible).sum())
+def hide_mask(calibration: Calibration, raw_visible: np.ndarray, threshold: float = HIDE_THRESHOLD,
+              z: float = HIDE_Z) -> np.ndarray:
+    """Which points to hide: those whose calibrated P(visible) is below `threshold` even at its upper
+    confidence bound. Location confidence plays no part (where and whether are kept apart)."""
+    return np.asarray(calibration.upper(raw_visible, z) < threshold, dtype=bool)
+
+
+def visibility_outcomes(hidden: np.ndarray, truly_visible: np.ndarray, p_visible: np.ndarray | None = None
+                        ) -> dict[str, float]:
+    """Counts of one validation share under a hiding decision (and the calibrated expectation of
+    labelled points among the hidden ones, when `p_visible` is given)."""
+    hidden, truly_visible = np.asarray(hidden, dtype=bool), np.asarray(truly_visible, dtype=bool)
+    out: dict[str, float] = {"points": int(len(hidden)),
+                             "hidden_labelled": int((hidden & truly_visible).sum()),
+                             "hidden_unlabelled": int((hidden & ~truly_visible).sum()),
+                             "shown_labelled": int((~hidden & truly_visible).sum()),
+                             "shown_unlabelled": int((~hidden & ~truly_visible).sum())}
+    if p_visible is not None:
+        out["expected_hidden_labelled"] = round(float(np.asarray(p_visible, dtype=np.float64)[hidden].sum()), 3)
+    return out
+
+
+def hiding_saves_clicks(evidence: list[dict[str, float]], confidence: float = VETO_CONFIDENCE) -> bool:
+    """Whether to keep hiding, from the validation outcomes of every warm-started round so far.
+
+    Each round's validation share records how many of the points its rule hid were labelled (k) or
+    not (m); the counts are pooled across rounds. Hiding saves clicks when fewer than a third of
+    the hidden points are labelled (m - 2k > 0). It is kept unless the pooled counts show the
+    opposite with `confidence` (posterior P(labelled share > 1/3) under a Jeffreys prior): the
+    per-point rule already hides only where the calibration, with its margin, expects a saving, so
+    thin evidence leaves that decision to the calibration rather than switching hiding off.
+    A round that hid nothing adds no evidence either way. The pooled shares overlap (a validation
+    image stays in the share in every later round), so this is evidence about the rule across the
+    warm-started models, not about independent images.
+    """
+    from scipy.stats import beta
+
+    if not evidence:
+        return False
+    labelled = sum(float(e.get("hidden_labelled", 0)) for e in evidence)
+    unlabelled = sum(float(e.get("hidden_unlabelled", 0)) for e in evidence)
+    if labelled + unlabelled == 0:
+        return True
+    costs_clicks = float(beta.sf(1 / 3, labelled + 0.5, unlabelled + 0.5))
+    return costs_clicks < confidence
 
 
 @torch.no_grad()
@@ -376,12 +441,14 @@ def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip
             members = [i for i in chunk if dataset.categories[instances[i].category_id].name == category]
             items = [crops.item(i) for i in members]
             images = torch.stack([torch.from_numpy(normalise(item[0])) for item in items]).to(run_on)
-            prob, visible = _heat(alm, images, category, flip_test)
+            likelihood, visible = _heat(alm, images, category, flip_test)
+            prob = likelihood
             if shape_prior and category in alm.shape_prior:
                 prob = prob * prior_maps(alm.shape_prior[category], alm.crop_size)[None]
                 prob = prob / np.maximum(prob.sum(axis=(2, 3), keepdims=True), 1e-30)
-            for index, item, heat, seen in zip(members, items, prob, visible):
-                xy, score = decode(heat, radius_cells=radius)
+            for index, item, heat, raw_heat, seen in zip(members, items, prob, likelihood, visible):
+                # the prior picks the peak; the sub-cell position comes from the network's heatmap alone
+                xy, score = decode(heat, radius_cells=radius, refine=raw_heat if REFINE_WITHOUT_PRIOR else None)
                 inst = instances[index]
                 info = dataset.images[inst.image_id]
                 image_xy = to_image(item[3], xy)
@@ -424,9 +491,11 @@ def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: fl
     Where and whether are kept apart: the location score is the calibrated probability that
     the point lies within the acceptance radius (5% of the box's longer side); visibility is 2
     unless the calibrated visibility probability is below `threshold`, whatever the location's
-    certainty. An ALM whose visibility head was never validated (too few training instances
-    for a validation share), or whose hiding cost more clicks than it saved on the validation
-    share, hides nothing. `crops`: an unaugmented `CropSet` of `instances` to reuse (images decoded once).
+    certainty, with a margin: a point is hidden only when the upper confidence bound of its
+    calibrated P(visible) (`hide_mask`, HIDE_Z standard errors of the visibility fit) is below
+    `threshold`. An ALM whose visibility head was never validated (too few training instances
+    for a validation share), or whose hiding the pooled validation outcomes of its rounds showed
+    to cost clicks (`hiding_saves_clicks`), hides nothing. `crops`: an unaugmented `CropSet` of `instances` to reuse (images decoded once).
     """
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
         raise SemcorrError(f"threshold {threshold!r}: must be a finite number in [0, 1]")
@@ -435,8 +504,9 @@ def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: fl
     out = {}
     validated = alm.visibility_calibration.points > 0
     for inst_id, (xy, score, seen) in raw_predictions.items():
+        hidden = hide_mask(alm.visibility_calibration, seen, threshold) if validated else np.zeros(len(seen), bool)
         seen = alm.visibility_calibration(seen) if validated else seen
-        visibility = np.where((seen >= threshold) | (not validated), 2.0, 0.0)
+        visibility = np.where(hidden, 0.0, 2.0)
         out[inst_id] = np.column_stack([xy, visibility, alm.calibration(score), seen])
     return out
 
@@ -488,7 +558,7 @@ def save_checkpoint(alm: ALM, path: Path) -> Path:
                "data_hash": alm.data_hash, "keypoints": alm.keypoints, "flip_pairs": alm.flip_pairs,
                "calibration": alm.calibration.to_dict(),
                "visibility_calibration": alm.visibility_calibration.to_dict(), "history": alm.history,
-               "shape_prior": alm.shape_prior,
+               "shape_prior": alm.shape_prior, "visibility_evidence": alm.visibility_evidence,
                "state_dict": {k: v.detach().cpu() for k, v in alm.model.state_dict().items()}}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -496,6 +566,7 @@ def save_checkpoint(alm: ALM, path: Path) -> Path:
     return Path(path)
 
 
+CALIBRATION_KEYS = ("a", "b", "points", "radius", "var_a", "cov_ab", "var_b")
 CHECKPOINT_KEYS = ("format", "round", "backbone", "crop_size", "data_hash", "keypoints", "state_dict")
 
 
@@ -583,8 +654,13 @@ def load_checkpoint(path: Path) -> ALM:
         calibration = payload.get(key, {})
         if not isinstance(calibration, dict) or not all(
                 isinstance(calibration.get(k, 0), int | float) and math.isfinite(calibration.get(k, 0))
-                for k in ("a", "b", "points", "radius")):
-            problems.append(f"{key} must map a, b, points, radius to finite numbers")
+                for k in CALIBRATION_KEYS):
+            problems.append(f"{key} must map {', '.join(CALIBRATION_KEYS)} to finite numbers")
+    evidence = payload.get("visibility_evidence") or []
+    if not isinstance(evidence, list) or not all(
+            isinstance(e, dict) and all(isinstance(v, int | float) and math.isfinite(v) for v in e.values())
+            for e in evidence):
+        problems.append("visibility_evidence must be a list of maps to finite numbers")
     if problems:
         raise SemcorrError(f"{path}: damaged ALM checkpoint: {problems[0]}; train again")
     model = KeypointNet({k: len(v) for k, v in keypoints.items()}, payload["backbone"], pretrained=False)
@@ -600,8 +676,7 @@ def load_checkpoint(path: Path) -> ALM:
     return ALM(model=model, keypoints=keypoints, backbone=payload["backbone"],
                crop_size=payload["crop_size"], round=payload["round"], data_hash=payload["data_hash"],
                flip_pairs=payload.get("flip_pairs") or {},
-               calibration=Calibration(**{k: calibration[k] for k in ("a", "b", "points", "radius")
-                                          if k in calibration}),
-               visibility_calibration=Calibration(**{k: visibility[k] for k in ("a", "b", "points", "radius")
-                                                     if k in visibility}),
-               history=list(payload.get("history") or []), shape_prior=dict(payload.get("shape_prior") or {}))
+               calibration=Calibration(**{k: calibration[k] for k in CALIBRATION_KEYS if k in calibration}),
+               visibility_calibration=Calibration(**{k: visibility[k] for k in CALIBRATION_KEYS if k in visibility}),
+               history=list(payload.get("history") or []), shape_prior=dict(payload.get("shape_prior") or {}),
+               visibility_evidence=[dict(e) for e in evidence])

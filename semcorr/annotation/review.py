@@ -244,6 +244,16 @@ def classify(predicted: list[dict], reviewed: list[dict], category: Category, im
     return actions, problems
 
 
+def latest_annotation(task: dict) -> dict | None:
+    """A Label Studio task's annotation that counts: the last updated (then highest id) of those not
+    cancelled; None when there is none. `review pull` and `import labelstudio` both use it."""
+    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    if not annotations:
+        return None
+    return max(annotations, key=lambda a: (str(a.get("updated_at") or ""),
+                                           a["id"] if isinstance(a.get("id"), int) else 0))
+
+
 def _nearest_box(xy: tuple[float, float], boxes: dict[str, dict]) -> str | None:
     best, best_distance = None, np.inf
     for box_id, box in boxes.items():
@@ -650,11 +660,12 @@ def boxes_prediction(instances: list[Instance], category: Category, image: Image
 
 
 def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int], round_index: int,
-         predictions: dict[int, np.ndarray] | None = None) -> dict[str, int]:
+         predictions: dict[int, np.ndarray] | None = None, notes: dict[int, str] | None = None) -> dict[str, int]:
     """Create tasks (empty, or with ALM predictions as `predictions`) without duplicates.
 
     `predictions`: annotation id -> (K, >=4) array, columns x, y, visibility, calibrated score
-    (further columns are ignored); the score goes with each keypoint region.
+    (further columns are ignored); the score goes with each keypoint region. `notes`: image id -> text
+    that new tasks carry as `semcorr_qc` (what `qc --push` asks the reviewer to look at).
 
     Returns counts: tasks created, predictions added, skipped (already there).
     """
@@ -679,6 +690,8 @@ def push(client: LabelStudio, root: Path, dataset: Dataset, image_ids: list[int]
             if task is None:
                 entry = {"data": {"image": image_url(dataset, image, document_root), "semcorr_image_id": image_id,
                                   "semcorr_round": round_index}}
+                if notes and image_id in notes:
+                    entry["data"]["semcorr_qc"] = notes[image_id]
                 entry["predictions"] = [boxes_prediction(instances, category, image) if predictions is None else
                                         task_prediction(instances, category, image, round_index, predictions)]
                 new_tasks.append(entry)
@@ -751,15 +764,14 @@ def pull(client: LabelStudio, root: Path, dataset: Dataset, round_index: int,
                 continue
             if task["data"].get("semcorr_round") != round_index:
                 continue
-            annotations = [a for a in task.get("annotations", []) if isinstance(a, dict) and not a.get("was_cancelled")]
-            if not annotations:
+            latest = latest_annotation(task)
+            if latest is None:
                 continue
             image_id = task["data"].get("semcorr_image_id")
             if image_id not in dataset.images:
                 reviews.append(TaskReview(image_id=image_id, annotator="", problems=[
                     f"task {task.get('id')}: image {image_id} is not in the store"]))
                 continue
-            latest = max(annotations, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0))
             predicted = next((p["result"] for p in predictions_of.get(task.get("id"), [])
                               if isinstance(p, dict) and p.get("model_version") == version), [])
             actions, problems = classify(predicted, latest.get("result") or [], category, dataset.images[image_id],

@@ -32,9 +32,13 @@ def unlabelled(dataset: Dataset) -> Dataset:
 
 
 def reviewed_result(predicted: list[dict], truth: list[Instance], category: Category, image: ImageInfo,
-                    accept_fraction: float, reviewing: bool) -> tuple[list[dict], Counter]:
+                    accept_fraction: float, reviewing: bool, hidden: Counter | None = None
+                    ) -> tuple[list[dict], Counter]:
     """The result a careful reviewer submits for one task, and the actions it amounts to
-    (`reviewing`: the task carries ALM predictions, so new points count as added, not manual)."""
+    (`reviewing`: the task carries ALM predictions, so new points count as added, not manual).
+
+    `hidden`, when given and `reviewing`, counts the keypoints the ALM did not show (`hidden`) and
+    how many of those the truth labels (`hidden_labelled`, the reviewer adds them)."""
     predicted_points = {r["id"]: r for r in predicted if r.get("type") == "keypointlabels"}
     result = [copy.deepcopy(r) for r in predicted if r.get("type") == "rectanglelabels"]
     actions: Counter = Counter()
@@ -46,6 +50,9 @@ def reviewed_result(predicted: list[dict], truth: list[Instance], category: Cate
         for index in range(category.num_keypoints):
             region_id = f"a{inst.id}k{index}"
             guess, right = predicted_points.get(region_id), exact.get(region_id)
+            if hidden is not None and reviewing and guess is None:
+                hidden["hidden"] += 1
+                hidden["hidden_labelled"] += int(right is not None)
             if guess is not None and right is None:
                 actions["discarded"] += 1
                 continue
@@ -66,8 +73,9 @@ def reviewed_result(predicted: list[dict], truth: list[Instance], category: Cate
 
 
 def review_round(client: LabelStudio, root: Path, truth: Dataset, round_index: int,
-                 accept_fraction: float = ACCEPT_RADIUS) -> Counter:
-    """Answer every unannotated task of a round from `truth`; returns the actions submitted."""
+                 accept_fraction: float = ACCEPT_RADIUS, hidden: Counter | None = None) -> Counter:
+    """Answer every unannotated task of a round from `truth`; returns the actions submitted
+    (`hidden`: see `reviewed_result`)."""
     version = model_version(round_index)
     actions: Counter = Counter()
     for category in sorted(truth.categories.values(), key=lambda c: c.id):
@@ -82,7 +90,7 @@ def review_round(client: LabelStudio, root: Path, truth: Dataset, round_index: i
             predicted = versions.get(version, versions.get("boxes", []))
             members = [i for i in truth.instances if i.image_id == image_id and i.category_id == category.id]
             result, done = reviewed_result(predicted, members, category, truth.images[image_id], accept_fraction,
-                                           reviewing=version in versions)
+                                           reviewing=version in versions, hidden=hidden)
             client.call(f"POST /api/tasks/{task['id']}/annotations", client.sdk.annotations.create, task["id"],
                         result=result)
             actions += done
@@ -114,15 +122,19 @@ def run_loop(root: Path, truth: Dataset, client: LabelStudio, train_options, man
     for round_index in (1, 2, 3):
         pushed = commands.run_review_push(root, round_index, client.url, client.token,
                                           auto_accept=auto_accept if round_index > 1 else None)
-        submitted = review_round(client, root, truth, round_index, accept_fraction)
+        hidden: Counter = Counter()
+        submitted = review_round(client, root, truth, round_index, accept_fraction, hidden=hidden)
         pulled, _, changed = commands.run_review_pull(root, round_index, client.url, client.token)
         report.rounds.append({"round": round_index, "pushed": pushed, "submitted": dict(submitted),
-                              "report": pulled, "changed": changed})
+                              "hidden": dict(hidden), "report": pulled, "changed": changed})
         start = time.perf_counter()
-        _, path, trained_on, warm = commands.run_alm_train(root, round_index, train_options, progress=progress)
+        alm, path, trained_on, warm = commands.run_alm_train(root, round_index, train_options, progress=progress)
         seconds = time.perf_counter() - start
         scores = commands.run_alm_eval(root, path, "test")
         report.evaluations.append({"after_round": round_index, "trained_on": trained_on, "warm_start": warm,
-                                   "train_seconds": round(seconds, 1), **scores})
+                                   "train_seconds": round(seconds, 1), **scores,
+                                   "hides": bool(alm.visibility_calibration.points),
+                                   "visibility_calibration": alm.visibility_calibration.to_dict(),
+                                   "visibility_evidence": alm.visibility_evidence})
     return report
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
-from semcorr.coco_schema import rle_runs
+from semcorr.coco_schema import rle_array, rle_runs
 from semcorr.engine import LOCAL, Engine, map_chunks
 from semcorr.errors import SemcorrError
 from semcorr.paths import path_problem
@@ -194,16 +194,68 @@ def mask_measures(items: list[tuple]) -> list[tuple[float, float]]:
     """
     out = []
     for segmentation, height, width, bbox in items:
-        rle = segmentation_rle(segmentation, height, width)
+        rle = _checked_rle(segmentation, height, width)
         area = float(mask_utils.area(rle))
         x, y, w, h = mask_utils.toBbox(rle).tolist()
         band = max(1, min(BORDER_BAND, height, width))
+        perimeter = 2.0 * (float(bbox[2]) + float(bbox[3]))
         if area > 0 and x >= band and y >= band and x + w <= width - band and y + h <= height - band:
-            cut = 0.0 if 2.0 * (float(bbox[2]) + float(bbox[3])) > 0 else 1.0
-        else:
-            cut = border_cut(mask_utils.decode(rle).astype(bool), np.asarray(bbox, dtype=np.float64))
+            cut = 0.0 if perimeter > 0 else 1.0
+        else:  # `border_cut` of the decoded mask, counted from the runs
+            on_border = border_pixels(rle_array(rle["counts"].decode("ascii")), height, width, band)
+            cut = min(1.0, on_border / perimeter) if perimeter > 0 else 1.0
         out.append((area, cut))
     return out
+
+
+def _checked_rle(segmentation, height: int, width: int) -> dict:
+    """`segmentation_rle` of a segmentation `segmentation_problem` has passed (the same mask, unchecked again)."""
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6]  # plain numbers: pycocotools reads them as doubles
+        rles = mask_utils.frPyObjects(polygons, height, width)
+        return rles[0] if len(rles) == 1 else mask_utils.merge(rles)
+    return segmentation_rle(segmentation, height, width)
+
+
+def _covered(starts: np.ndarray, ends: np.ndarray, size: int) -> int:
+    """How many of 0..size-1 lie in at least one of the closed intervals [starts[i], ends[i]]."""
+    keep = starts <= ends
+    marks = np.zeros(size + 1, dtype=np.int64)
+    np.add.at(marks, starts[keep], 1)
+    np.add.at(marks, ends[keep] + 1, -1)
+    return int((np.cumsum(marks[:size]) > 0).sum())
+
+
+def border_pixels(runs: np.ndarray, height: int, width: int, band: int) -> int:
+    """`border_cut`'s count of border columns and rows, from a mask's column-major RLE runs (no decoding).
+
+    Per image edge: the columns (top, bottom) or rows (left, right) where some foreground run
+    reaches into the outer `band` pixels; the four counts summed.
+    """
+    edges = np.cumsum(runs)
+    begin = np.concatenate(([0], edges[:-1]))[1::2]  # foreground runs [begin, end) of linear index col * h + row
+    end = edges[1::2]
+    keep = end > begin
+    begin, end = begin[keep], end[keep]
+    if not len(begin):
+        return 0
+    h = height
+    total = _covered(np.maximum((begin - band) // h + 1, 0), (end - 1) // h, width)  # top rows 0..band-1
+    total += _covered(begin // h, np.minimum((end - h + band - 1) // h, width - 1), width)  # bottom rows
+    for first, last in ((0, band * h), ((width - band) * h, width * h)):  # left / right columns
+        lo, hi = np.maximum(begin, first), np.minimum(end, last)
+        inside = hi > lo
+        lo, hi = lo[inside], hi[inside]
+        full = (hi - lo) >= h
+        if full.any():
+            total += h
+            continue
+        r0, r1 = lo % h, (hi - 1) % h
+        wrap = r0 > r1
+        starts = np.concatenate((r0[~wrap], r0[wrap], np.zeros(int(wrap.sum()), dtype=np.int64)))
+        stops = np.concatenate((r1[~wrap], np.full(int(wrap.sum()), h - 1, dtype=np.int64), r1[wrap]))
+        total += _covered(starts, stops, h)
+    return total
 
 
 def border_cut(mask: np.ndarray, bbox: np.ndarray | None = None, band: int = BORDER_BAND) -> float:

@@ -12,6 +12,7 @@ visible keypoint ids; exports derive them from the store.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 
 import numpy as np
@@ -22,7 +23,7 @@ from pycocotools import mask as mask_utils
 from semcorr.builders import labels
 from semcorr.builders.coco_filter import segmentation_rle
 from semcorr.errors import SemcorrError
-from semcorr.store import SPLIT_NAMES, Dataset
+from semcorr.store import SPLIT_NAMES, Dataset, collector_paused
 
 DENOMINATORS = ("category", "union", "source")
 UNIT_COLUMNS = ["image_id", "category", "split", "num_instances", "num_keypoints", "mean_area", "truncated",
@@ -41,33 +42,170 @@ def misc_units(dataset: Dataset, splits: dict[int, str]) -> tuple[pd.DataFrame, 
         units: UNIT_COLUMNS, sorted by (category, image_id); `max_overlap` is the largest mask
             IoU between two instances of the unit (0 with one instance or no masks).
         counts: (len(units), K_max) int, how many of the unit's instances show keypoint k.
+
+    Built column-wise: instances are grouped by one stable sort, keypoint counts and mean areas
+    are summed in bulk (the mean with numpy's own summation order, so the same floats), and
+    only units with two or more masks compute IoUs, one pycocotools call per unit.
     """
-    groups: dict[tuple[int, int], list] = {}
-    for inst in dataset.instances:
-        if inst.image_id in splits:
-            groups.setdefault((inst.category_id, inst.image_id), []).append(inst)
+    with collector_paused():
+        return _misc_units(dataset, splits)
+
+
+def _misc_units(dataset: Dataset, splits: dict[int, str]) -> tuple[pd.DataFrame, np.ndarray]:
     k_max = max((c.num_keypoints for c in dataset.categories.values()), default=0)
-    keys = sorted(groups, key=lambda key: (dataset.categories[key[0]].name, key[1]))
-    rows, counts = [], np.zeros((len(keys), k_max), dtype=np.int16)
-    for row_index, (category_id, image_id) in enumerate(keys):
-        members = groups[(category_id, image_id)]
-        image = dataset.images[image_id]
-        overlap = 0.0
-        with_masks = [m for m in members if m.segmentation]
-        if len(with_masks) >= 2:
-            rles = [instance_rle(m.segmentation, image.height, image.width) for m in with_masks]
-            ious = mask_utils.iou(rles, rles, [0] * len(rles))
-            np.fill_diagonal(ious, 0.0)
-            overlap = float(ious.max())
-        for inst in members:
-            counts[row_index, : len(inst.keypoints)] += inst.visible
-        rows.append({"image_id": image_id, "category": dataset.categories[category_id].name,
-                     "split": splits[image_id], "num_instances": len(members),
-                     "num_keypoints": dataset.categories[category_id].num_keypoints,
-                     "mean_area": float(np.mean([m.area if m.area > 0 else m.bbox_area for m in members])),
-                     "truncated": any(m.truncated for m in members), "occluded": any(m.occluded for m in members),
-                     "max_overlap": round(overlap, 6)})
-    return pd.DataFrame(rows, columns=UNIT_COLUMNS), counts
+    members = [inst for inst in dataset.instances if inst.image_id in splits]
+    count = len(members)
+    names = {c.id: c.name for c in dataset.categories.values()}
+    rank = {cid: r for r, cid in enumerate(sorted(names, key=lambda cid: names[cid]))}
+    image_ids = np.fromiter((m.image_id for m in members), dtype=np.int64, count=count)
+    category_ids = np.fromiter((m.category_id for m in members), dtype=np.int64, count=count)
+    ranks = np.fromiter((rank[m.category_id] for m in members), dtype=np.int64, count=count)
+    order = np.lexsort((image_ids, ranks))  # stable: members of a unit stay in file order
+    members = [members[i] for i in order.tolist()]
+    image_ids, category_ids, ranks = image_ids[order], category_ids[order], ranks[order]
+    new_unit = np.ones(count, dtype=bool)
+    new_unit[1:] = (image_ids[1:] != image_ids[:-1]) | (ranks[1:] != ranks[:-1])
+    starts = np.flatnonzero(new_unit)
+    sizes = np.diff(np.append(starts, count))
+    unit_of = np.repeat(np.arange(len(starts)), sizes)
+
+    # keypoints shown, per unit and keypoint index
+    visible = [m.visible for m in members]
+    lengths = np.fromiter(map(len, visible), dtype=np.int64, count=count)
+    shown = np.concatenate(visible) if visible else np.zeros(0, dtype=bool)
+    point_index = np.arange(len(shown)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    flat = np.bincount(np.repeat(unit_of, lengths)[shown] * k_max + point_index[shown],
+                       minlength=len(starts) * k_max)
+    counts = flat.reshape(len(starts), k_max).astype(np.int16)
+
+    # mean areas: np.mean of each unit's areas, computed per unit size on a (units, size) matrix
+    areas = np.fromiter((m.area if m.area > 0 else m.bbox_area for m in members), dtype=np.float64, count=count)
+    mean_area = np.zeros(len(starts))
+    for size in np.unique(sizes).tolist():
+        chosen = np.flatnonzero(sizes == size)
+        mean_area[chosen] = areas[starts[chosen, None] + np.arange(size)].mean(axis=1)
+    truncated = np.fromiter((bool(m.truncated) for m in members), dtype=bool, count=count)
+    occluded = np.fromiter((bool(m.occluded) for m in members), dtype=bool, count=count)
+
+    masked = np.fromiter((bool(m.segmentation) for m in members), dtype=bool, count=count)
+    overlap = np.zeros(len(starts))
+    with_masks = np.add.reduceat(masked.astype(np.int64), starts) if count else np.zeros(0, dtype=np.int64)
+    plain, extents = _plain_polygons(members, dataset)
+    for unit in np.flatnonzero(_may_overlap(with_masks, starts, sizes, masked, plain, extents)).tolist():
+        first, last = int(starts[unit]), int(starts[unit] + sizes[unit])
+        image = dataset.images[int(image_ids[first])]
+        chosen = [i for i in range(first, last) if masked[i]]
+        rles = _unit_rles([members[i].segmentation for i in chosen], [plain[i] for i in chosen],
+                          image.height, image.width)
+        ious = mask_utils.iou(rles, rles, [0] * len(rles))
+        np.fill_diagonal(ious, 0.0)
+        overlap[unit] = round(float(ious.max()), 6)
+
+    first_ids = image_ids[starts] if count else image_ids
+    units = pd.DataFrame({
+        "image_id": first_ids,
+        "category": [names[c] for c in category_ids[starts].tolist()] if count else [],
+        "split": [splits[i] for i in first_ids.tolist()],
+        "num_instances": sizes.astype(np.int64),
+        "num_keypoints": np.array([dataset.categories[c].num_keypoints for c in category_ids[starts].tolist()],
+                                  dtype=np.int64) if count else np.zeros(0, dtype=np.int64),
+        "mean_area": mean_area,
+        "truncated": np.logical_or.reduceat(truncated, starts) if count else np.zeros(0, dtype=bool),
+        "occluded": np.logical_or.reduceat(occluded, starts) if count else np.zeros(0, dtype=bool),
+        "max_overlap": overlap,
+    }, columns=UNIT_COLUMNS)
+    return units, counts
+
+
+def _plain_polygons(members: list, dataset: Dataset) -> list[bool]:
+    """Per instance: its segmentation is polygons that `segmentation_rle` certainly accepts as they are.
+
+    That is, a list of lists of an even count (6 or more) of finite plain numbers within the
+    image grown by its size on each side (the limits of `segmentation_problem`); anything else
+    goes through `instance_rle`, which raises its usual error for a corrupt mask.
+    """
+    count = len(members)
+    segs = [m.segmentation if type(m.segmentation) is list else [] for m in members]
+    ok = np.fromiter((type(m.segmentation) is list for m in members), dtype=bool, count=count)
+    polygons = [p for seg in segs for p in seg]
+    per_instance = np.fromiter(map(len, segs), dtype=np.int64, count=count)
+    owner = np.repeat(np.arange(count), per_instance)
+    is_list = np.fromiter((type(p) is list for p in polygons), dtype=bool, count=len(polygons))
+    lengths = np.fromiter((len(p) if good else 0 for p, good in zip(polygons, is_list.tolist())), dtype=np.int64,
+                          count=len(polygons))
+    bad = ~is_list | (lengths < 6) | (lengths % 2 == 1)
+    ok[owner[bad]] = False
+    # a bad polygon adds no coordinates, so x stays at even and y at odd positions for every later one
+    polygons = [[] if wrong else p for p, wrong in zip(polygons, bad.tolist())]
+    lengths[bad] = 0
+    ok &= per_instance > 0
+    values = list(itertools.chain.from_iterable(polygons))
+    if set(map(type, values)) <= {int, float}:
+        try:
+            coords = np.array(values, dtype=np.float64)
+        except OverflowError:
+                return [False] * count, np.full((count, 4), np.nan)
+    else:
+        return [False] * count, np.full((count, 4), np.nan)
+    del values
+    point_owner = np.repeat(owner, lengths)
+    sides = np.array([[dataset.images[m.image_id].width, dataset.images[m.image_id].height] if m.image_id in
+                      dataset.images else [0, 0] for m in members], dtype=np.float64).reshape(count, 2)
+    limit = sides[point_owner, np.arange(len(coords)) % 2]  # x at even, y at odd positions (even lengths)
+    outside = ~np.isfinite(coords) | (coords < -limit) | (coords > 2 * limit)
+    ok[point_owner[outside]] = False
+    extents = np.full((count, 4), np.nan)  # x0, y0, x1, y1 of each plain instance's polygon points
+    point_counts = np.bincount(point_owner, minlength=count)
+    has_points = point_counts > 0  # their point ranges tile `coords`
+    if has_points.any():
+        first_point = np.cumsum(point_counts) - point_counts
+        xs, ys = coords[0::2], coords[1::2]
+        starts = first_point[has_points] // 2
+        for column, (values, reduce) in enumerate(((xs, np.minimum), (ys, np.minimum), (xs, np.maximum),
+                                                    (ys, np.maximum))):
+            extents[has_points, column] = reduce.reduceat(values, starts)
+    return ok.tolist(), extents
+
+
+MASK_MARGIN = 2.0  # pixels: a polygon's rasterised mask stays within its points' box grown by this
+
+
+def _may_overlap(with_masks: np.ndarray, starts: np.ndarray, sizes: np.ndarray, masked: np.ndarray,
+                 plain: list[bool], extents: np.ndarray) -> np.ndarray:
+    """(units,) bool: units with two or more masks whose IoUs are not all certainly 0.
+
+    Two polygon masks whose point boxes (grown by MASK_MARGIN) are apart share no pixel, so
+    their IoU is exactly 0; a unit where every pair is apart has a largest IoU of 0 and needs
+    no rasterising. Units with any other kind of mask are always computed.
+    """
+    need = with_masks >= 2
+    plain_masked = masked & np.asarray(plain, dtype=bool)
+    for size in np.unique(sizes[need]).tolist():
+        units = np.flatnonzero(need & (sizes == size))
+        rows = starts[units, None] + np.arange(size)
+        other = (masked[rows] & ~plain_masked[rows]).any(axis=1)
+        box = np.where(plain_masked[rows][..., None], extents[rows], np.nan)  # NaN boxes meet nothing
+        x0, y0 = box[..., 0] - MASK_MARGIN, box[..., 1] - MASK_MARGIN
+        x1, y1 = box[..., 2] + MASK_MARGIN, box[..., 3] + MASK_MARGIN
+        meet = ((x0[:, :, None] <= x1[:, None, :]) & (x0[:, None, :] <= x1[:, :, None])
+                & (y0[:, :, None] <= y1[:, None, :]) & (y0[:, None, :] <= y1[:, :, None]))
+        meet[:, np.arange(size), np.arange(size)] = False
+        need[units] = other | meet.any(axis=(1, 2))
+    return need
+
+
+def _unit_rles(segmentations: list, plain: list[bool], height: int, width: int) -> list:
+    """One RLE per segmentation (the masks `instance_rle` gives), polygons of a unit in one pycocotools call."""
+    polygons = [p for seg, good in zip(segmentations, plain) if good for p in seg]
+    made = iter(mask_utils.frPyObjects(polygons, height, width) if polygons else [])
+    rles = []
+    for seg, good in zip(segmentations, plain):
+        if not good:
+            rles.append(instance_rle(seg, height, width))
+            continue
+        parts = [next(made) for _ in seg]
+        rles.append(parts[0] if len(parts) == 1 else mask_utils.merge(parts))
+    return rles
 
 
 def allocate(limit: int, available: np.ndarray) -> np.ndarray:

@@ -48,17 +48,24 @@ def interleave_assign(count: int, ratios: tuple[float, float, float]) -> np.ndar
 
     Position i goes to the split whose count lags its target share of i + 1 items the most
     (ties to the earlier split), so any ordered run of items is spread over the splits.
+    (Plain float arithmetic, the same operations numpy did per item; a shorter run is a prefix
+    of a longer one.)
     """
-    target = np.asarray(ratios, dtype=np.float64)
-    counts = np.zeros(3)
-    out = np.empty(count, dtype=np.int64)
-    for i in range(count):
-        deficit = target * (i + 1) - counts
-        deficit[target == 0] = -np.inf
-        choice = int(np.argmax(deficit))
-        out[i] = choice
-        counts[choice] += 1
-    return out
+    target = [float(r) for r in np.asarray(ratios, dtype=np.float64).tolist()]
+    usable = [t != 0 for t in target]
+    counts = [0.0, 0.0, 0.0]
+    out = []
+    append = out.append
+    minus_inf = -math.inf
+    for i in range(1, count + 1):
+        best, best_deficit = 0, target[0] * i - counts[0] if usable[0] else minus_inf
+        for j in (1, 2):
+            deficit = target[j] * i - counts[j] if usable[j] else minus_inf
+            if deficit > best_deficit:
+                best, best_deficit = j, deficit
+        append(best)
+        counts[best] += 1
+    return np.array(out, dtype=np.int64)
 
 
 def assign_splits(
@@ -81,12 +88,14 @@ def assign_splits(
     rng = np.random.default_rng(seed)
     splits: dict[int, str] = {}
     ordered = images.sort_values(["category", "image_id"], kind="stable")
-    for _, group in ordered.groupby("category", sort=True):
+    groups = list(ordered.groupby("category", sort=True))
+    dealt = interleave_assign(max((len(group) for _, group in groups), default=0), ratios)  # prefixes serve all
+    names = np.array(SPLIT_NAMES, dtype=object)
+    for _, group in groups:
         keys = rng.random(len(group))
         order = np.lexsort((keys, group["azimuth_bin"].to_numpy()))
         image_ids = group["image_id"].to_numpy()[order]
-        for image_id, split_index in zip(image_ids, interleave_assign(len(image_ids), ratios)):
-            splits[int(image_id)] = SPLIT_NAMES[split_index]
+        splits.update(zip((int(i) for i in image_ids.tolist()), names[dealt[: len(image_ids)]].tolist()))
     return splits
 
 

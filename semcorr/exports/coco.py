@@ -9,7 +9,9 @@ person sigmas), unless the caller gives its own. COCOeval takes one sigma vector
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from semcorr import atomic
-from semcorr.store import Dataset, dataset_from_coco, dataset_to_coco
+from semcorr.store import Dataset, coco_text, collector_paused, dataset_from_coco, dataset_to_coco
 
 COCO_PERSON_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
                       0.087, 0.087, 0.089, 0.089)
@@ -35,37 +37,78 @@ def export_coco(dataset: Dataset, out_path: Path, pairs: pd.DataFrame | None = N
                 sigmas: dict[str, list[float]] | None = None) -> list[Path]:
     """Write the COCO keypoints JSON (and the pairs sidecar when `pairs` is given)."""
     out_path = Path(out_path)
-    coco = dataset_to_coco(dataset)
+    coco = dataset_to_coco(dataset, annotations=False)
     coco["info"] = {**coco["info"], "image_root": str(dataset.image_root)}
     for category in coco["categories"]:
         chosen = (sigmas or {}).get(category["name"]) or default_sigmas(category["name"], len(category["keypoints"]))
         category["oks_sigmas"] = [float(s) for s in chosen]
-    for ann in coco["annotations"]:
+    written = [out_path]
+    with collector_paused():
+        atomic.write_chunks(out_path, coco_text(coco, dataset.instances, adjust=_empty_masks_as_lists))
+        if pairs is not None:
+            sidecar = out_path.with_name(out_path.stem + ".pairs.json")
+            head = json.dumps({"annotations": out_path.name, "pairs": []}, ensure_ascii=False)[:-2]
+            body = ((", " if start else "") + _pair_records_json(pairs[start:start + PAIR_CHUNK])
+                    for start in range(0, len(pairs), PAIR_CHUNK))
+            # the same text as one json.dumps of all records
+            atomic.write_chunks(sidecar, itertools.chain([head], body, ["]}\n"]))
+            written.append(sidecar)
+    return written
+
+
+def _empty_masks_as_lists(annotations: list[dict]) -> None:
+    for ann in annotations:
         if isinstance(ann["segmentation"], dict) and not ann["segmentation"]:
             ann["segmentation"] = []
-    written = [out_path]
-    atomic.write_json(out_path, coco)
-    if pairs is not None:
-        sidecar = out_path.with_name(out_path.stem + ".pairs.json")
-        head = json.dumps({"annotations": out_path.name, "pairs": []}, ensure_ascii=False)[:-2]
-        body = ", ".join(_pair_records_json(pairs[start:start + PAIR_CHUNK])
-                         for start in range(0, len(pairs), PAIR_CHUNK))
-        atomic.write_text(sidecar, f"{head}{body}]}}\n")  # the same text as one json.dumps of all records
-        written.append(sidecar)
-    return written
 
 
 PAIR_CHUNK = 50_000  # pairs converted at a time: the sidecar of a million pairs never exists as Python objects
 
 
 def _pair_records_json(chunk: pd.DataFrame) -> str:
-    """Pairs as JSON records, comma-separated without the enclosing brackets."""
-    table = chunk.copy()
-    for column in table.columns:
-        if isinstance(table[column].dtype, pd.ArrowDtype):
-            table[column] = pa.array(table[column]).to_pylist()
-    records = json.loads(table.astype({c: str for c in ("category", "split")}).to_json(orient="records"))
-    return json.dumps(records, ensure_ascii=False, allow_nan=False)[1:-1]
+    """Pairs as JSON records, comma-separated without the enclosing brackets.
+
+    The text `json.dumps` gives for the records pandas' `to_json` makes of the chunk (its float
+    formatting included), written column by column: each value's JSON text once, then one
+    template per row.
+    """
+    if not len(chunk):
+        return ""
+    texts, keys = [], []
+    for column in chunk.columns:
+        series = chunk[column]
+        if column in ("category", "split"):
+            values = series.astype(str).tolist()  # JSON strings read back as they were
+        elif isinstance(series.dtype, pd.ArrowDtype) and (pa.types.is_list(series.dtype.pyarrow_dtype)
+                                                          or pa.types.is_large_list(series.dtype.pyarrow_dtype)):
+            values = pa.array(series).to_pylist()
+            if not set(map(type, itertools.chain.from_iterable(v for v in values if type(v) is list))) <= {int}:
+                values = json.loads(pd.Series(values, dtype=object).to_json(orient="values"))
+        elif isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
+            values = series.to_numpy().tolist()  # integers come back from pandas' JSON unchanged
+        else:  # floats (pandas writes them with 10 decimals) and anything else: through pandas' JSON
+            values = json.loads(series.to_json(orient="values"))
+        texts.append(_value_texts(values))
+        keys.append(_encode_string(str(column)))
+    template = "{" + ", ".join(f"{key.replace('%', '%%')}: %s" for key in keys) + "}"
+    return ", ".join([template % row for row in zip(*texts)])
+
+
+_encode_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) writes for a str
+
+
+def _value_texts(values: list) -> list[str]:
+    """`json.dumps(v, ensure_ascii=False, allow_nan=False)` of each value, in bulk for the usual types."""
+    kinds = set(map(type, values))
+    if kinds <= {int}:
+        return list(map(int.__repr__, values))
+    if kinds <= {float} and all(map(math.isfinite, values)):
+        return list(map(float.__repr__, values))
+    if kinds <= {str}:
+        return list(map(_encode_string, values))
+    if kinds <= {list} and set(map(type, itertools.chain.from_iterable(values))) <= {int}:
+        return ["[" + ", ".join(map(int.__repr__, v)) + "]" for v in values]
+    return [json.dumps(v, ensure_ascii=False, allow_nan=False) for v in values]
 
 
 def load_coco_export(path: Path) -> Dataset:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semcorr.annotation.review import _nearest_box, _pixel
+from semcorr.annotation.review import _nearest_box, _pixel, latest_annotation
 from semcorr.errors import SemcorrError
 from semcorr.formats.pose import ImportSpec, InterchangeReport, import_labels
 from semcorr.paths import path_problem
@@ -57,10 +57,10 @@ def task_image(task: dict, images: Path, record: str) -> Path:
 
 
 def _regions(task: dict, record: str) -> list[dict]:
-    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
-    if not annotations:
+    latest = latest_annotation(task)
+    if latest is None:
         return []
-    result = annotations[-1].get("result")
+    result = latest.get("result")
     if not isinstance(result, list) or not all(isinstance(r, dict) and isinstance(r.get("value"), dict)
                                                and "original_width" in r for r in result):
         raise SemcorrError(f"{record}: annotation result is not a list of Label Studio regions")

@@ -205,14 +205,15 @@ def point_saliency(view: ViewRender, xy: np.ndarray, rank_map: np.ndarray) -> np
     return rank_map[rows, cols]
 
 
-def cell_scores(view: ViewRender, xy: np.ndarray, rank_map: np.ndarray, coverage_radius: float = 0.15) -> dict:
-    """Automatic saliency, completeness, uniformity of the visible points `xy` (M, 2) in one view."""
+def cell_scores(view: ViewRender, xy: np.ndarray, point_scores: np.ndarray, coverage_radius: float = 0.15) -> dict:
+    """Automatic saliency, completeness, uniformity of the visible points `xy` (M, 2) in one view, given
+    their `point_saliency` (M,)."""
     if len(xy) == 0 or not view.mask.any():
         return {"saliency": 0.0, "completeness": 0.0, "uniformity": 0.0}
     height, width = view.mask.shape
     cols = np.clip(xy[:, 0].astype(int), 0, width - 1)
     rows = np.clip(xy[:, 1].astype(int), 0, height - 1)
-    saliency = float(point_saliency(view, xy, rank_map).mean())
+    saliency = float(np.mean(point_scores))
     object_pixels = np.argwhere(view.mask)
     span = object_pixels.max(axis=0) - object_pixels.min(axis=0)
     radius = coverage_radius * float(np.hypot(*span))
@@ -243,7 +244,7 @@ def automatic_scores(views: list[ViewRender], candidates: list[Candidates], visi
         for cand in candidates:
             seen = visibility[cand.scheme][view_index]
             xy, _ = view.camera.project(cand.xyz[seen])
-            rows.append({"view": view.name, "scheme": cand.scheme, **cell_scores(view, xy, rank_map)})
-            if len(xy):
-                pooled.append(point_saliency(view, xy, rank_map))
+            point_scores = point_saliency(view, xy, rank_map) if len(xy) else np.zeros(0)
+            rows.append({"view": view.name, "scheme": cand.scheme, **cell_scores(view, xy, point_scores)})
+            pooled.append(point_scores)
     return pd.DataFrame(rows).set_index(["view", "scheme"]), np.concatenate(pooled)

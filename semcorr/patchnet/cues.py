@@ -2,7 +2,8 @@
 
 Each cue gives every labelled keypoint a raw value in box units (the instance box's longer
 side) or score units; `robust_z` turns each column into "how far above what is normal for this
-keypoint id in this category", and `combine_cues` sums the positive weighted z's (see its docstring).
+keypoint id in this category", and `combine_cues` sums the positive weighted z's (see its docstring);
+points clearly off their mask come first (`off_mask`).
 
 - mask: how far a visible point lies outside its instance mask; a labelled but hidden point
   (visibility 1) deep inside the mask is a weaker cue (`mask_cue`).
@@ -47,6 +48,14 @@ FLOORS = {"mask": 0.02, "shape": 0.02, "part": 0.02, "overlap": 0.1, "swap": 0.0
 # sum 0.76, root-sum-square 0.74, max 0.72. The shape z counts a quarter: its clean tail is heavier
 # (perspective that an affine camera cannot model; 99th percentile z 6.4 on a clean store, the mask's 0.95).
 CUE_WEIGHTS = {"mask": 1.0, "shape": 0.25, "part": 0.5, "overlap": 1.0, "swap": 0.5, "appearance": 1.0}
+# Mask priority: a visible point more than OFF_MASK box sides outside its instance mask is listed before every
+# point that is not (`off_mask`), whatever the other cues say. Chosen on store seed 0 (thresholds 0.01-0.08):
+# 0.03 is the smallest distance no clean keypoint reaches there (92 clean points pass 0.01, 5 pass 0.02), and it
+# lifted off-object points from 83% to 93% of the top k without moving wrong parts or swaps. The sum alone lets
+# other cues' clean tails (flat patches, keypoints that project close together) outrank a point just off the mask.
+OFF_MASK = 0.03
+OFF_MASK_PIXELS = 2.0  # ... and at least this many pixels: a keypoint on a small instance's silhouette can sit
+# 1-1.5 px outside its rasterised mask (seen on 30-44 px instances, where 0.03 box sides is about 1 px)
 
 
 def distance_maps(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -344,3 +353,18 @@ def combine_cues(z: pd.DataFrame, weights: dict[str, float] | None = None) -> tu
     total = positive.sum(axis=1, min_count=1)
     fired = positive.fillna(-1.0).idxmax(axis=1).where(positive.max(axis=1) > 0, "")
     return total, fired
+
+
+def off_mask(mask_distance: np.ndarray, visibility: np.ndarray, box_side: np.ndarray, limit: float = OFF_MASK,
+             min_pixels: float = OFF_MASK_PIXELS) -> np.ndarray:
+    """Whether each keypoint is visible and at least `limit` box sides and `min_pixels` pixels outside its
+    mask (the mask priority tier, see OFF_MASK); False where the distance is missing (no mask).
+
+    Args:
+        mask_distance: (K,) distance outside the mask in box sides (`mask_cue`).
+        visibility: (K,) 0, 1 or 2.
+        box_side: (K,) the instance box's longer side in pixels.
+    """
+    distance = np.nan_to_num(np.asarray(mask_distance, dtype=np.float64), nan=0.0)
+    pixels = distance * np.nan_to_num(np.asarray(box_side, dtype=np.float64), nan=0.0)
+    return (np.asarray(visibility) == 2) & (distance >= limit) & (pixels >= min_pixels)

@@ -73,7 +73,8 @@ def plant_errors(dataset: Dataset, counts: dict[str, int], flip_pairs: dict[str,
             planted.append(Planted(kind, inst.id, k, other))
             wanted -= 1
         if wanted:
-            raise SemcorrError(f"could not plant {counts[kind]} {kind} errors: too few instances left that can take one")
+            raise SemcorrError(f"could not plant {counts[kind]} {kind} errors: "
+                               "too few instances left that can take one")
     return planted_set, planted
 
 
@@ -142,10 +143,16 @@ def ranks_of(suspects: pd.DataFrame, column: str, keys: pd.DataFrame) -> np.ndar
     return np.array([rank[(int(a), int(k))] for a, k in zip(keys.ann_id, keys.keypoint)])
 
 
-def swaps_reported(suspects: pd.DataFrame, planted: list[Planted]) -> int:
-    """How many planted swaps `qc` reports as a swap of exactly that pair (either point naming the other)."""
+def swaps_named(suspects: pd.DataFrame, planted: list[Planted]) -> list[bool]:
+    """Per planted swap (in order): whether `qc` reports it as a swap of exactly that pair (either point
+    naming the other)."""
     names = dict(zip(zip(suspects.ann_id, suspects.keypoint), suspects.name))
     said = dict(zip(zip(suspects.ann_id, suspects.keypoint), suspects.swap_with.fillna("")))
-    return sum(said.get((p.ann_id, p.keypoint)) == names.get((p.ann_id, p.other))
-               or said.get((p.ann_id, p.other)) == names.get((p.ann_id, p.keypoint))
-               for p in planted if p.kind == "swap")
+    return [said.get((p.ann_id, p.keypoint)) == names.get((p.ann_id, p.other))
+            or said.get((p.ann_id, p.other)) == names.get((p.ann_id, p.keypoint))
+            for p in planted if p.kind == "swap"]
+
+
+def swaps_reported(suspects: pd.DataFrame, planted: list[Planted]) -> int:
+    """How many planted swaps `qc` reports as a swap of exactly that pair (`swaps_named`)."""
+    return sum(swaps_named(suspects, planted))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from semcorr.engine import LOCAL, Engine, map_chunks
 from semcorr.patchnet import cues
 from semcorr.patchnet.models import PatchNet
 from semcorr.patchnet.patches import DEFAULT_SCALE, ImageCache, box_side, cut_patch, instance_pairs, normalise
@@ -171,22 +172,32 @@ def keypoint_rows(dataset: Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ann_id", "image_id", "category", "keypoint", "name", "visibility", "x", "y"])
 
 
-def mask_column(dataset: Dataset) -> pd.DataFrame:
-    """`mask` (see `cues.mask_cue`) of every labelled keypoint of an instance with a segmentation."""
+def mask_values(items: list[tuple]) -> list[np.ndarray]:
+    """`cues.mask_cue` of each (segmentation, height, width, keypoints (K, 3), box side) item (pure:
+    the per-instance mask decoding and distance transforms, run in chunks by an engine)."""
     from semcorr.builders.coco_filter import decode_mask
 
+    out = []
+    for segmentation, height, width, keypoints, side in items:
+        outside, depth = cues.distance_maps(decode_mask(segmentation, height, width))
+        xy = keypoints[:, :2]
+        out.append(cues.mask_cue(keypoints[:, 2], cues.sample_map(outside, xy), cues.sample_map(depth, xy), side))
+    return out
+
+
+def mask_column(dataset: Dataset, engine: Engine = LOCAL, chunk_size: int = 500) -> pd.DataFrame:
+    """`mask` (see `cues.mask_cue`) and `box_side` (pixels) of every labelled keypoint of an instance with a
+    segmentation; the masks are measured in chunks of `chunk_size` instances by `engine` (local, or Ray
+    tasks), same result."""
+    members = [inst for inst in dataset.instances
+               if inst.segmentation is not None and (inst.keypoints[:, 2] > 0).any()]
+    items = [(inst.segmentation, dataset.images[inst.image_id].height, dataset.images[inst.image_id].width,
+              inst.keypoints, box_side(inst)) for inst in members]
     rows = []
-    for inst in dataset.instances:
-        labelled = np.flatnonzero(inst.keypoints[:, 2] > 0)
-        if inst.segmentation is None or len(labelled) == 0:
-            continue
-        image = dataset.images[inst.image_id]
-        outside, depth = cues.distance_maps(decode_mask(inst.segmentation, image.height, image.width))
-        xy = inst.keypoints[:, :2]
-        value = cues.mask_cue(inst.keypoints[:, 2], cues.sample_map(outside, xy), cues.sample_map(depth, xy),
-                              box_side(inst))
-        rows += [(inst.id, int(k), float(value[k])) for k in labelled]
-    return pd.DataFrame(rows, columns=["ann_id", "keypoint", "mask"])
+    for inst, value in zip(members, map_chunks(engine, mask_values, items, chunk_size)):
+        side = box_side(inst)
+        rows += [(inst.id, int(k), float(value[k]), side) for k in np.flatnonzero(inst.keypoints[:, 2] > 0)]
+    return pd.DataFrame(rows, columns=["ann_id", "keypoint", "mask", "box_side"])
 
 
 def shape_columns(dataset: Dataset, flip_pairs: dict[str, tuple[tuple[int, int], ...]]
@@ -237,7 +248,8 @@ def swap_column(swaps: pd.DataFrame, names: dict[tuple[int, int], str]) -> pd.Da
 
 def rank_keypoints(rows: pd.DataFrame, columns: list[pd.DataFrame]) -> pd.DataFrame:
     """Every labelled keypoint with its raw cue values, each cue's robust z (`z_<cue>`), the combined
-    `suspicion` (`cues.combine_cues`), the cue that fired, a reason in words; most suspect first.
+    `suspicion` (`cues.combine_cues`), the cue that fired, a reason in words; most suspect first: points
+    clearly off their mask (`off_mask`, `cues.OFF_MASK`), then by suspicion.
 
     Args:
         rows: `keypoint_rows`.
@@ -247,10 +259,10 @@ def rank_keypoints(rows: pd.DataFrame, columns: list[pd.DataFrame]) -> pd.DataFr
     table = rows.copy()
     for column in columns:
         table = table.merge(column, on=["ann_id", "keypoint"], how="left")
-    for name, default in (("mask", np.nan), ("shape", np.nan), ("shape_x", np.nan), ("shape_y", np.nan),
-                          ("part", np.nan), ("part_as", ""), ("overlap", np.nan), ("overlap_with", ""),
-                          ("swap", np.nan), ("swap_with", ""), ("pairs", 0), ("mean_score", np.nan),
-                          ("quality", np.nan), ("appearance", np.nan)):
+    for name, default in (("mask", np.nan), ("box_side", np.nan), ("shape", np.nan), ("shape_x", np.nan),
+                          ("shape_y", np.nan), ("part", np.nan), ("part_as", ""), ("overlap", np.nan),
+                          ("overlap_with", ""), ("swap", np.nan), ("swap_with", ""), ("pairs", 0),
+                          ("mean_score", np.nan), ("quality", np.nan), ("appearance", np.nan)):
         if name not in table:
             table[name] = default
     table["swap_with"] = table.swap_with.fillna("")
@@ -268,28 +280,33 @@ def rank_keypoints(rows: pd.DataFrame, columns: list[pd.DataFrame]) -> pd.DataFr
         table[f"z_{cue}"] = z[cue]
     table["suspicion"], table["cue"] = cues.combine_cues(z[list(cues.CUES)])
     table["suspicion"] = table.suspicion.fillna(0.0)
-    table["suspect"] = table.suspicion >= SUSPECT_Z
+    table["off_mask"] = cues.off_mask(table["mask"], table.visibility, table.get("box_side", np.nan))
+    table["cue"] = table.cue.where(~table.off_mask, "mask")
+    table["suspect"] = (table.suspicion >= SUSPECT_Z) | table.off_mask
     table["reason"] = [reason(row) for row in table.itertuples()]
     table["appearance_note"] = np.where(table.appearance.notna(), "",
                                         np.where(table.visibility == 2, "in no pair's shared visible keypoints "
                                                  "(pairs stay inside one split)", "not visible: no patch"))
     order = ["ann_id", "image_id", "category", "keypoint", "name", "visibility", "x", "y", "suspicion", "cue",
-             "reason", "suspect", "mask", "shape", "shape_x", "shape_y", "part", "part_as", "overlap", "overlap_with", "swap", "swap_with", "appearance",
-             "pairs", "mean_score", "quality", "appearance_note", *[f"z_{cue}" for cue in cues.CUES]]
-    return table.sort_values(["suspicion", "ann_id", "keypoint"], ascending=[False, True, True],
+             "reason", "suspect", "off_mask", "mask", "box_side", "shape", "shape_x", "shape_y", "part", "part_as",
+             "overlap", "overlap_with", "swap", "swap_with", "appearance", "pairs", "mean_score", "quality",
+             "appearance_note", *[f"z_{cue}" for cue in cues.CUES]]
+    return table.sort_values(["off_mask", "suspicion", "ann_id", "keypoint"], ascending=[False, False, True, True],
                              kind="stable")[order].reset_index(drop=True)
 
 
-def check_keypoints(dataset: Dataset, correspondences: pd.DataFrame, bank: PatchBank) -> pd.DataFrame:
+def check_keypoints(dataset: Dataset, correspondences: pd.DataFrame, bank: PatchBank, engine: Engine = LOCAL
+                    ) -> pd.DataFrame:
     """`rank_keypoints` of every labelled keypoint of `dataset` with all four cues (the appearance cue
-    from `correspondences`; flip pairs from the schema, else read off `left_*` / `right_*` names)."""
+    from `correspondences`; flip pairs from the schema, else read off `left_*` / `right_*` names; the
+    mask cue's per-instance work on `engine`)."""
     from semcorr.alm.data import category_flip_pairs
 
     flips = {c.name: category_flip_pairs(c) for c in dataset.categories.values()}
     names = {(inst.id, k): name for inst in dataset.instances
              for k, name in enumerate(dataset.categories[inst.category_id].keypoints)}
     shape, swaps = shape_columns(dataset, flips)
-    columns = [mask_column(dataset), shape, swap_column(swaps, names)]
+    columns = [mask_column(dataset, engine), shape, swap_column(swaps, names)]
     if len(correspondences):
         columns.append(appearance_cue(correspondences, bank))
     return rank_keypoints(keypoint_rows(dataset), columns)
@@ -314,10 +331,14 @@ def reason(row) -> str:
 
 
 def image_suspicion(suspects: pd.DataFrame) -> pd.DataFrame:
-    """Per image: its worst keypoint's suspicion and how many keypoints are suspect."""
-    table = suspects.groupby("image_id").agg(worst=("suspicion", "max"), suspects=("suspect", "sum"),
-                                             keypoints=("suspect", "size")).reset_index()
-    return table.sort_values(["worst", "image_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    """Per image: its worst keypoint's suspicion, whether a point is off its mask, how many are suspect;
+    images with an off-mask point first, then by worst suspicion."""
+    if "off_mask" not in suspects:
+        suspects = suspects.assign(off_mask=False)
+    table = suspects.groupby("image_id").agg(off_mask=("off_mask", "any"), worst=("suspicion", "max"),
+                                             suspects=("suspect", "sum"), keypoints=("suspect", "size")).reset_index()
+    return table.sort_values(["off_mask", "worst", "image_id"], ascending=[False, False, True],
+                             kind="stable").reset_index(drop=True)
 
 
 def best_matches(scorer: PairScorer, source_rows: np.ndarray, target_rows: np.ndarray) -> np.ndarray:
@@ -393,8 +414,8 @@ def image_triples(pairs: pd.DataFrame, category: str, limit: int, seed: int = 0)
     return [unique[i] for i in sorted(order)]
 
 
-CUE_COLOURS = {"mask": (230, 120, 0), "shape": (200, 0, 160), "part": (200, 0, 160), "overlap": (200, 0, 160), "swap": (0, 90, 230), "appearance": (0, 150, 60),
-               "": (120, 120, 120)}
+CUE_COLOURS = {"mask": (230, 120, 0), "shape": (200, 0, 160), "part": (200, 0, 160), "overlap": (200, 0, 160),
+               "swap": (0, 90, 230), "appearance": (0, 150, 60), "": (120, 120, 120)}
 
 
 def suspect_sheet(dataset: Dataset, bank: PatchBank, suspects: pd.DataFrame, correspondences: pd.DataFrame, path,

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from semcorr import atomic, store
+from semcorr.engine import LOCAL, Engine
 from semcorr.errors import SemcorrError
 from semcorr.patchnet import metrics, qc
 from semcorr.patchnet.models import ARCHITECTURES
@@ -114,12 +115,13 @@ class QcResult:
 
 
 def run_qc(root: Path, checkpoint: Path | None, out_dir: Path, top: int = 20, split: str = "all", triples: int = 20,
-           seed: int = 0, architecture: str | None = None) -> QcResult:
+           seed: int = 0, architecture: str | None = None, engine: Engine = LOCAL) -> QcResult:
     """Give every labelled keypoint its mask, shape, swap and appearance cues and one combined
     suspicion (`qc.check_keypoints`); rank keypoints and images; check cycle consistency on
     multi-instance (MISC) pairs; write CSVs and a contact sheet.
 
-    Without `checkpoint` the appearance cue compares non-learned gradient descriptors.
+    Without `checkpoint` the appearance cue compares non-learned gradient descriptors; `engine` runs
+    the per-instance mask work (`qc.mask_column`) here or on Ray, with the same tables.
     """
     dataset = store.load_dataset(root)
     pairs = store.load_pairs(root, dataset)
@@ -131,7 +133,7 @@ def run_qc(root: Path, checkpoint: Path | None, out_dir: Path, top: int = 20, sp
     bank = qc.patch_bank(dataset, grayscale=model is None or model.channels == 1)
     scorer = qc.network_scorer(model, bank) if model is not None else qc.descriptor_scorer(bank)
     correspondences = qc.correspondence_scores(dataset, pairs, scorer, bank)
-    suspects = qc.check_keypoints(dataset, correspondences, bank)
+    suspects = qc.check_keypoints(dataset, correspondences, bank, engine)
     images = qc.image_suspicion(suspects)
     cycles, chains = pd.DataFrame(columns=["category", "kind"]), 0
     if "src_ann_id" not in pairs.columns:  # multi-instance (MISC) pairs
@@ -165,7 +167,8 @@ def task_notes(suspects: pd.DataFrame, image_ids: list[int], per_image: int = 3)
 def push_suspects(root: Path, suspects: pd.DataFrame, round_index: int, url: str | None, token: str | None,
                   top: int) -> dict[str, int]:
     """Send the images of the `top` suspects to Label Studio as a review round: the current labels
-    go as predictions, each keypoint's score 1 minus its share of the worst suspicion; each task's
+    go as predictions, each keypoint's score 1 minus its share of the worst suspicion (0 for a point
+    clearly off its mask, `cues.OFF_MASK`); each task's
     data gets `semcorr_qc`, the suspects and the cue that fired (`task_notes`)."""
     from semcorr.annotation import review
     from semcorr.annotation.labelstudio import LabelStudio
@@ -174,16 +177,18 @@ def push_suspects(root: Path, suspects: pd.DataFrame, round_index: int, url: str
     chosen = suspects.head(top)
     image_ids = sorted(set(chosen.image_id.astype(int)))
     worst = max(float(suspects.suspicion.max()), 1e-6)
-    suspicion = {(int(a), int(k)): float(s) for a, k, s in zip(suspects.ann_id, suspects.keypoint, suspects.suspicion)}
+    off = suspects.off_mask if "off_mask" in suspects else pd.Series(False, index=suspects.index)
+    suspicion = {(int(a), int(k)): worst if o else float(s)
+                 for a, k, s, o in zip(suspects.ann_id, suspects.keypoint, suspects.suspicion, off)}
     predictions = {}
     for inst in dataset.instances:
         if inst.image_id in image_ids:
             confidence = [1.0 - max(0.0, suspicion.get((inst.id, k), 0.0)) / worst for k in range(len(inst.keypoints))]
             predictions[inst.id] = np.column_stack([inst.keypoints[:, :3], np.clip(confidence, 0, 1)])
     client = LabelStudio.from_env(url, token)
-    counts = review.push(client, root, dataset, image_ids, round_index, predictions)
     notes = task_notes(suspects, image_ids)
-    counts["noted"] = 0
+    counts = review.push(client, root, dataset, image_ids, round_index, predictions, notes)
+    counts["noted"] = 0  # tasks that existed before this push and get their notes now
     for category in sorted({dataset.categories[i.category_id].name for i in dataset.instances
                             if i.image_id in notes}):
         project = review.find_project(client, review.project_title(root, category))
