@@ -69,15 +69,28 @@ def replay(out: Path, truth: store.Dataset) -> dict:
     import numpy as np
 
     from semcorr.alm import train as alm_train
-    from semcorr.alm.calibration import Calibration
+    from semcorr.alm.calibration import Calibration, fit_platt
     from semcorr.annotation.review import ACCEPT_RADIUS, pushable
 
     plan = json.loads((out / "annotation" / "plan.json").read_text())
-    sets = {name: {int(k) for k, v in plan["images"].items() if v["set"] == name} for name in ("alm1", "alm2")}
+    sets = {name: {int(k) for k, v in plan["images"].items() if v["set"] == name}
+            for name in ("manual", "alm1", "alm2")}
     test_ids = {int(k) for k, v in plan["images"].items() if v["frozen_test"]}
     test = [i for i in truth.instances if i.image_id in test_ids and i.visible.any()]
 
-    def variants(alm):
+    def shrunk(alm, round_index):
+        """The checkpoint with its visibility fit redone on its own validation share (the images it was not
+        trained on, `validation_split` of the images labelled by then) with the identity prior of `train`."""
+        labelled = sets["manual"] - test_ids | (sets["alm1"] if round_index == 3 else set())
+        trained = [i for i in truth.instances if i.image_id in labelled and i.visible.any()]
+        options = alm_train.TrainOptions()
+        _, validation = alm_train.validation_split(trained, options.validation_share, options.min_validation,
+                                                   options.seed)
+        _, _, raw_visible, truly_visible = alm_train.validation_scores(alm, truth, validation)
+        fit = fit_platt(raw_visible, truly_visible, prior_points=alm_train.VISIBILITY_PRIOR_POINTS)
+        return dataclasses.replace(alm, visibility_calibration=fit), fit
+
+    def variants(alm, round_index):
         yield "as run", alm, True
         yield "no hiding", dataclasses.replace(alm, visibility_calibration=Calibration()), True
         fit = alm.visibility_calibration
@@ -87,12 +100,15 @@ def replay(out: Path, truth: store.Dataset) -> dict:
         yield "hide at raw head P(visible) < 1/3", dataclasses.replace(
             alm, visibility_calibration=Calibration(points=1)), True
         yield "prior pulls positions", alm, False
+        refit, fit = shrunk(alm, round_index)
+        yield (f"visibility refit with the identity prior ({fit.points} points, a={fit.a:.2f}, b={fit.b:.2f})",
+               refit, False)
 
     rows = []
     for round_index, image_set in ((2, "alm1"), (3, "alm2")):
         alm = alm_train.load_checkpoint(out / "annotation" / f"alm_round{round_index - 1}.pt")
         members = [i for i in truth.instances if i.image_id in sets[image_set]]
-        for name, variant, refine in variants(alm):
+        for name, variant, refine in variants(alm, round_index):
             default, alm_train.REFINE_WITHOUT_PRIOR = alm_train.REFINE_WITHOUT_PRIOR, refine
             try:
                 predicted = alm_train.predict(variant, truth, members)

@@ -85,6 +85,26 @@ def test_the_platt_fit_grows_surer_with_more_points():
     assert fit_platt(np.full(30, 0.4), np.ones(30, bool)).var_a == 0
 
 
+def test_the_identity_prior_keeps_a_small_share_near_the_raw_scores_and_yields_to_a_large_one():
+    """Hand-made scores drawn so that the true calibration is a = 0.4, b = -0.5 (a flattened head)."""
+    rng = np.random.default_rng(1)
+
+    def sample(n):
+        raw = rng.uniform(0.02, 0.98, n)
+        logit = np.log(raw / (1 - raw))
+        return raw, rng.random(n) < 1 / (1 + np.exp(-(0.4 * logit - 0.5)))
+
+    small, large = sample(34), sample(20000)
+    free, held = fit_platt(*small), fit_platt(*small, prior_points=100)
+    # the prior's pull: a MAP fit lies between the free fit and the identity, here much closer to the identity
+    assert abs(held.a - 1) < abs(free.a - 1) and abs(held.b) < abs(free.b) + 1e-9 and abs(held.a - 1) < 0.35
+    # 20,000 points outweigh 100 points of prior: both fits find the truth
+    for fit in (fit_platt(*large), fit_platt(*large, prior_points=100)):
+        assert fit.a == pytest.approx(0.4, abs=0.05) and fit.b == pytest.approx(-0.5, abs=0.06)
+    # the prior also narrows the margin: its points count in the Hessian
+    assert held.var_a < free.var_a
+
+
 @pytest.mark.parametrize(("evidence", "expected"), [
     ([], False),                                                                  # never validated
     ([{"hidden_labelled": 0, "hidden_unlabelled": 0}], True),                     # hid nothing: no evidence against

@@ -53,8 +53,13 @@ def _logit(raw: np.ndarray) -> np.ndarray:
     return np.log(clipped / (1 - clipped))
 
 
-def fit_platt(raw: np.ndarray, hit: np.ndarray, min_points: int = 20) -> Calibration:
-    """Fit a, b by maximum likelihood of `hit` (bool) given `raw` scores in (0, 1)."""
+def fit_platt(raw: np.ndarray, hit: np.ndarray, min_points: int = 20, prior_points: float = 0.0) -> Calibration:
+    """Fit a, b by maximum likelihood of `hit` (bool) given `raw` scores in (0, 1).
+
+    `prior_points` > 0 makes it a MAP fit with a Gaussian prior centred on the identity (a = 1, b = 0)
+    worth that many points: a small validation share stays close to the raw scores, a large one
+    overrides them (for raw scores that are already probabilities, such as a visibility head's).
+    """
     raw, hit = np.asarray(raw, dtype=np.float64), np.asarray(hit, dtype=np.float64)
     if len(raw) < min_points or hit.min() == hit.max():
         return Calibration(points=len(raw))
@@ -62,14 +67,16 @@ def fit_platt(raw: np.ndarray, hit: np.ndarray, min_points: int = 20) -> Calibra
 
     def loss(params: np.ndarray) -> float:
         z = params[0] * x + params[1]
-        return float(np.mean(np.logaddexp(0, z) - hit * z) + 1e-4 * params[0] ** 2)
+        prior = (prior_points / (2 * len(x))) * ((params[0] - 1) ** 2 + params[1] ** 2)
+        return float(np.mean(np.logaddexp(0, z) - hit * z) + 1e-4 * params[0] ** 2 + prior)
 
     result = minimize(loss, np.array([1.0, 0.0]), method="L-BFGS-B")
     a, b = float(result.x[0]), float(result.x[1])
     # Laplace approximation: covariance of (a, b) = inverse Hessian of the summed negative log-likelihood
     p = 1.0 / (1.0 + np.exp(-(a * x + b)))
     w = p * (1 - p)
-    hessian = np.array([[np.sum(w * x * x) + 2e-4 * len(x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]])
+    hessian = np.array([[np.sum(w * x * x) + 2e-4 * len(x) + prior_points, np.sum(w * x)],
+                        [np.sum(w * x), np.sum(w) + prior_points]])
     try:
         cov = np.linalg.inv(hessian)
     except np.linalg.LinAlgError:

@@ -328,7 +328,7 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     if validation:
         raw, hit, raw_visible, truly_visible = validation_scores(partial, dataset, validation, validation_crops)
         partial.calibration = fit_platt(raw, hit)
-        visibility = fit_platt(raw_visible, truly_visible)
+        visibility = fit_platt(raw_visible, truly_visible, prior_points=VISIBILITY_PRIOR_POINTS)
         if visibility.var_a > 0:  # a real fit (both classes, enough points), not the identity
             outcome = visibility_outcomes(hide_mask(visibility, raw_visible), truly_visible,
                                           visibility(raw_visible))
@@ -343,6 +343,11 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
 # visible costs 1 (discard it). With a calibrated P(visible) = p, hiding costs 2p clicks on average
 # and showing 1 - p, so hiding pays when p < 1/3.
 HIDE_THRESHOLD = 1 / 3
+# The visibility head's sigmoid is already a probability (trained with cross-entropy on the labels); its Platt
+# fit is pulled toward the identity with this many points' worth of prior, so a one-image validation share
+# (34-85 points on COCO people) cannot flatten it (unshrunk, a = 0.27-0.43 hid nothing; the head's own
+# P(visible) < 1/3 hid 130 round-3 points, 14% of them labelled: `benchmarks/annotation_loop.py --replay`).
+VISIBILITY_PRIOR_POINTS = 100.0
 # The margin: a point is hidden only when the upper confidence bound of its calibrated P(visible)
 # (HIDE_Z standard errors of the Platt fit's logit, one-sided about 84%) is below the threshold, so
 # a calibration fitted on few validation points hides little and one fitted on many approaches the
