@@ -194,9 +194,8 @@ def mask_column(dataset: Dataset, engine: Engine = LOCAL, chunk_size: int = 500)
     items = [(inst.segmentation, dataset.images[inst.image_id].height, dataset.images[inst.image_id].width,
               inst.keypoints, box_side(inst)) for inst in members]
     rows = []
-    for inst, value in zip(members, map_chunks(engine, mask_values, items, chunk_size)):
-        side = box_side(inst)
-        rows += [(inst.id, int(k), float(value[k]), side) for k in np.flatnonzero(inst.keypoints[:, 2] > 0)]
+    for inst, item, value in zip(members, items, map_chunks(engine, mask_values, items, chunk_size)):
+        rows += [(inst.id, int(k), float(value[k]), item[4]) for k in np.flatnonzero(inst.keypoints[:, 2] > 0)]
     return pd.DataFrame(rows, columns=["ann_id", "keypoint", "mask", "box_side"])
 
 
@@ -280,7 +279,7 @@ def rank_keypoints(rows: pd.DataFrame, columns: list[pd.DataFrame]) -> pd.DataFr
         table[f"z_{cue}"] = z[cue]
     table["suspicion"], table["cue"] = cues.combine_cues(z[list(cues.CUES)])
     table["suspicion"] = table.suspicion.fillna(0.0)
-    table["off_mask"] = cues.off_mask(table["mask"], table.visibility, table.get("box_side", np.nan))
+    table["off_mask"] = cues.off_mask(table["mask"], table.visibility, table.box_side)
     table["cue"] = table.cue.where(~table.off_mask, "mask")
     table["suspect"] = (table.suspicion >= SUSPECT_Z) | table.off_mask
     table["reason"] = [reason(row) for row in table.itertuples()]
