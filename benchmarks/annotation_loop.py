@@ -11,11 +11,11 @@ Usage: .venv/bin/python benchmarks/annotation_loop.py coco --out /tmp/loop-coco 
 
 `--replay` (after a run, same --out): no Label Studio, no training. Replays the simulated reviewer
 offline on the review rounds with the run's saved checkpoints (round N-1's ALM on round N's set,
-exactly what the reviewer answered) for variants of the decisions: as run, hiding nothing, hiding
-at the calibrated P(visible) < 1/3 without the margin, hiding at the visibility head's own
-(uncalibrated) P(visible) < 1/3, and sub-cell positions taken from the prior-multiplied heatmap
-(the prior pulling positions, `alm.train.REFINE_WITHOUT_PRIOR` False, the default since 12-03; the
-other variants refine without the prior, as the 12-03 run did); with held-out PCK@0.1 for each.
+exactly what the reviewer answered) for variants of the decisions: as run (the defaults), hiding
+nothing, hiding at the calibrated P(visible) < 1/3 without the margin, hiding at the visibility
+head's own (uncalibrated) P(visible) < 1/3, sub-cell positions fitted without the prior
+(`predict(..., refine_without_prior=True)`, as the 12-03 morning run did), and the visibility fit
+redone on the checkpoint's validation share; with held-out PCK@0.1 for each.
 """
 
 from __future__ import annotations
@@ -85,21 +85,22 @@ def replay(out: Path, truth: store.Dataset) -> dict:
         trained = [i for i in truth.instances if i.image_id in labelled and i.visible.any()]
         options = alm_train.TrainOptions()
         _, validation = alm_train.validation_split(trained, options.validation_share, options.min_validation,
-                                                   options.seed)
+                                                   options.seed, options.min_validation_points)
         _, _, raw_visible, truly_visible = alm_train.validation_scores(alm, truth, validation)
         fit = fit_platt(raw_visible, truly_visible, prior_points=alm_train.VISIBILITY_PRIOR_POINTS)
         return dataclasses.replace(alm, visibility_calibration=fit), fit
 
     def variants(alm, round_index):
-        yield "as run", alm, True
-        yield "no hiding", dataclasses.replace(alm, visibility_calibration=Calibration()), True
+        """(name, ALM, fit sub-cell positions without the prior) for each decision variant."""
+        yield "as run (the defaults)", alm, False
+        yield "no hiding", dataclasses.replace(alm, visibility_calibration=Calibration()), False
         fit = alm.visibility_calibration
         if fit.points:
             yield "hide at p < 1/3, no margin", dataclasses.replace(
-                alm, visibility_calibration=dataclasses.replace(fit, var_a=0.0, cov_ab=0.0, var_b=0.0)), True
+                alm, visibility_calibration=dataclasses.replace(fit, var_a=0.0, cov_ab=0.0, var_b=0.0)), False
         yield "hide at raw head P(visible) < 1/3", dataclasses.replace(
-            alm, visibility_calibration=Calibration(points=1)), True
-        yield "prior pulls positions", alm, False
+            alm, visibility_calibration=Calibration(points=1)), False
+        yield "sub-cell position without the prior (the 12-03 morning run)", alm, True
         refit, fit = shrunk(alm, round_index)
         yield (f"visibility refit with the identity prior ({fit.points} points, a={fit.a:.2f}, b={fit.b:.2f})",
                refit, False)
@@ -109,12 +110,8 @@ def replay(out: Path, truth: store.Dataset) -> dict:
         alm = alm_train.load_checkpoint(out / "annotation" / f"alm_round{round_index - 1}.pt")
         members = [i for i in truth.instances if i.image_id in sets[image_set]]
         for name, variant, refine in variants(alm, round_index):
-            default, alm_train.REFINE_WITHOUT_PRIOR = alm_train.REFINE_WITHOUT_PRIOR, refine
-            try:
-                predicted = alm_train.predict(variant, truth, members)
-                held_out = alm_train.pck_of_box(alm_train.predict(variant, truth, test), test)
-            finally:
-                alm_train.REFINE_WITHOUT_PRIOR = default
+            predicted = alm_train.predict(variant, truth, members, refine_without_prior=refine)
+            held_out = alm_train.pck_of_box(alm_train.predict(variant, truth, test, refine_without_prior=refine), test)
             c = dict.fromkeys(("predicted", "accepted", "dragged", "discarded", "added", "hidden", "hidden_labelled"),
                               0)
             expected = []

@@ -703,7 +703,8 @@ def alm_eval(
         raise SemcorrError(f"--split {split!r}: use one of {', '.join(SPLIT_NAMES)}")
     result = commands.run_alm_eval(dataset, checkpoint, split)
     console.print(f"alm eval on {result['instances']} {split} instances: PCK@0.1 {result['alm_pck']:.1f} "
-                  f"(mean-shape baseline {result['mean_shape_pck']:.1f})")
+                  f"({result['alm_pck_ignoring_visibility']:.1f} ignoring its visibility; mean-shape baseline "
+                  f"{result['mean_shape_pck']:.1f})")
 
 
 @review_app.command("push")

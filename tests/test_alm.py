@@ -11,8 +11,8 @@ from semcorr import store
 from semcorr.alm import data
 from semcorr.alm.calibration import Calibration, best_epoch, fit_platt, reliability
 from semcorr.alm.model import KeypointNet
-from semcorr.alm.train import (ALM, TrainOptions, _heat, load_checkpoint, predict, save_checkpoint, train,
-                               validation_split)
+from semcorr.alm.train import (ALM, TrainOptions, _heat, image_draw, load_checkpoint, predict, save_checkpoint,
+                               train, validation_split)
 
 
 def dotted_image(points: np.ndarray, width: int = 160, height: int = 120) -> np.ndarray:
@@ -112,11 +112,24 @@ def test_platt_calibration_recovers_known_parameters():
 @pytest.mark.parametrize(("curve", "patience", "expected"), [
     ([1, 3, 2, 5, 4, 4, 4], 3, (3, True)),
     ([1, 3, 2, 5, 4, 4], 3, (3, False)),
-    ([2, 2, 2], 1, (0, True)),  # ties keep the earlier epoch
+    ([2, 2, 2], 1, (2, False)),  # ties keep the later epoch
+    ([0, 0, 0, 0], 2, (3, False)),  # a share whose PCK never moves does not lock in epoch 0
+    ([1, 3, 3, 2, 2], 2, (2, True)),
     ([], 3, (-1, False)),
 ])
 def test_early_stopping_picks_the_best_epoch(curve, patience, expected):
     assert best_epoch(curve, patience) == expected
+
+
+@pytest.mark.parametrize(("curve", "first", "patience", "expected"), [
+    ([26, 33, 38, 23, 21, 34, 29, 30, 33, 33], 3, 7, (5, False)),  # COCO's epoch-2 spike is not a candidate
+    ([26, 33, 38, 23, 21, 34, 29, 30, 33, 33], 3, 3, (5, True)),
+    ([26, 33, 38, 23, 21, 34, 29, 30, 33, 33], 0, 7, (2, True)),   # without `first` the spike wins and stops
+    ([26, 33, 38], 3, 1, (2, False)),                               # before `first`: the latest, no stop
+    ([5, 1, 1, 1, 1], 1, 3, (4, False)),                            # ties among candidates: the later
+])
+def test_early_stopping_waits_for_the_first_candidate_epoch(curve, first, patience, expected):
+    assert best_epoch(curve, patience, first) == expected
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +221,57 @@ def test_an_image_trained_on_never_validates_a_later_round():
         trained_on |= {i.image_id for i in fitting}
     # about the share asked for, on the largest set (binomial, n=200, p=0.15: 30 +- 15 is > 4 sigma)
     assert 15 <= len(validating) <= 45
+
+
+def test_a_validation_share_holds_enough_labelled_points_and_still_never_trained_images():
+    """COCO people: a 15% share by image was one person, whose PCK was 0 every epoch. With a
+    minimum of labelled points, images are added by their fixed draw; checked by brute force over
+    growing labelled sets (1-3 people of 1-17 labelled keypoints per image) against a plain
+    reimplementation of the rule."""
+    rng = np.random.default_rng(1)
+    order = rng.permutation(np.arange(1, 301))
+    people = {int(i): [int(n) for n in rng.integers(1, 18, size=rng.integers(1, 4))] for i in order}
+
+    def instances(image_ids):
+        out = []
+        for i in image_ids:
+            for k, labelled in enumerate(people[int(i)]):
+                keypoints = np.full((17, 3), np.nan)
+                keypoints[:, 2] = 0.0
+                keypoints[:labelled] = [5.0, 5.0, 2.0]
+                out.append(store.Instance(id=int(i) * 10 + k, image_id=int(i), category_id=1,
+                                          bbox=np.array([0.0, 0.0, 10.0, 10.0]), keypoints=keypoints))
+        return out
+
+    trained_on: set[int] = set()
+    for size in [10, 16, 25, 40, 70, 120, 300]:
+        labelled = order[:size]
+        fitting, validation = validation_split(instances(labelled), 0.15, 12, seed=0, min_points=60)
+        validating = {i.image_id for i in validation}
+        # the rule, written plainly: lowest draws first until past the share and 60 points, at most a third
+        by_draw = sorted(labelled, key=lambda i: image_draw(int(i), 0))
+        expected, held = set(), 0
+        for i in by_draw:
+            if len(expected) == max(1, size // 3) or (expected and image_draw(int(i), 0) >= 0.15 and held >= 60):
+                break
+            expected.add(int(i))
+            held += sum(people[int(i)])
+        assert validating == expected
+        assert sum(sum(people[i]) for i in validating) >= 60 or len(validating) == max(1, size // 3)
+        assert not validating & trained_on and not validating & {i.image_id for i in fitting}
+        trained_on |= {i.image_id for i in fitting}
+
+
+def test_alm_eval_scores_hidden_points_as_misses_and_also_reports_standard_pck(tiny_alm, synth_store, tmp_path):
+    """`alm eval`: an ALM that hides every point scores 0 when a hidden labelled point is a miss, and
+    exactly what the same network hiding nothing scores when its visibility is ignored."""
+    from semcorr import commands
+
+    _, _, _, alm = tiny_alm
+    hides_all = ALM(**{**alm.__dict__, "visibility_calibration": Calibration(a=1.0, b=-50.0, points=100)})
+    hides_none = ALM(**{**alm.__dict__, "visibility_calibration": Calibration()})
+    hiding = commands.run_alm_eval(synth_store, save_checkpoint(hides_all, tmp_path / "all.pt"))
+    showing = commands.run_alm_eval(synth_store, save_checkpoint(hides_none, tmp_path / "none.pt"))
+    assert showing["alm_pck_ignoring_visibility"] > 0  # the prior alone places some points
+    assert hiding["alm_pck"] == 0.0
+    assert hiding["alm_pck_ignoring_visibility"] == showing["alm_pck_ignoring_visibility"] == showing["alm_pck"]

@@ -97,12 +97,18 @@ def reliability(probability: np.ndarray, hit: np.ndarray, bins: int = 5) -> list
             for b in range(bins) if (index == b).any()]
 
 
-def best_epoch(scores: list[float], patience: int) -> tuple[int, bool]:
-    """The epoch (0-based) with the highest validation score so far, and whether to stop now.
+def best_epoch(scores: list[float], patience: int, first: int = 0) -> tuple[int, bool]:
+    """The epoch (0-based) with the highest validation score so far among epochs >= `first`, and
+    whether to stop now.
 
-    Ties keep the earlier epoch; stop when `patience` epochs have passed without a new best.
+    Before `first` the latest epoch stands in and nothing stops. Ties keep the later epoch (trained
+    longer, at a lower learning rate); stop when `patience` epochs have passed without a score at
+    least as good.
     """
     if not scores:
         return -1, False
-    best = int(np.argmax(scores))
+    if len(scores) <= first:
+        return len(scores) - 1, False
+    tail = scores[first:]
+    best = first + len(tail) - 1 - int(np.argmax(tail[::-1]))
     return best, len(scores) - 1 - best >= patience

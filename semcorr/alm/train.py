@@ -40,7 +40,14 @@ class TrainOptions:
         learning_rate: AdamW peak rate after a linear warm-up, then cosine decay.
         validation_share: share of the training images (never the test split) held out for early
             stopping and score calibration; none when fewer than `min_validation` instances.
+        min_validation_points: labelled keypoints the validation share holds at least (more images
+            are added by their fixed draw, up to a third of the images): on COCO people a 15% share by
+            image was one person, whose PCK stayed 0 every epoch, so early stopping kept epoch 0.
         patience: epochs without a better validation PCK before stopping (0: max(5, epochs // 4)).
+        min_epochs: epochs trained before early stopping may pick an epoch or stop (None: a third of
+            `epochs`). On COCO people the validation PCK of 13 people spiked at epoch 2 (38 against
+            21-34 around it, learning rate still high), and patience 7 then kept that epoch: 29.8
+            held-out PCK@0.1 where later epochs gave 43-47.
         augment: scale, rotation, flip (with flip pairs), box jitter and colour jitter.
         workers: DataLoader workers (None: 4 on CUDA, 0 on a CPU, whose cores train the network).
     """
@@ -55,7 +62,9 @@ class TrainOptions:
     warmup_share: float = 0.05
     validation_share: float = 0.15
     min_validation: int = 12
+    min_validation_points: int = 60
     patience: int = 0
+    min_epochs: int | None = None
     augment: bool = True
     workers: int | None = None
     seed: int = 0
@@ -115,15 +124,6 @@ def prior_maps(prior: dict[str, list], crop_size: int) -> np.ndarray:
     gx = np.exp(-((centres[None, :] - mean[:, :1]) ** 2) / (2 * spread[:, :1] ** 2))
     gy = np.exp(-((centres[None, :] - mean[:, 1:]) ** 2) / (2 * spread[:, 1:] ** 2))
     return gy[:, :, None] * gx[:, None, :]
-
-
-# Whether sub-cell positions are fitted on the heatmap without the prior (the prior then only chooses
-# the peak cell). Multiplying by a Gaussian prior of spread s moves a heatmap peak of width h toward
-# the mean shape by h^2 / (h^2 + s^2) of its distance from it. Replayed on the 2026-12-03 COCO loop's
-# checkpoints (benchmarks/RESULTS.md), refining without the prior accepted 2 more keypoints per review
-# round but lost 2.3 points of held-out PCK@0.1, and it pulls vague heatmaps of an untrained model off
-# the mean shape; so off by default.
-REFINE_WITHOUT_PRIOR = False
 
 
 def device() -> torch.device:
@@ -202,14 +202,17 @@ def image_draw(image_id: int, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def validation_split(instances: list[Instance], share: float, minimum: int, seed: int
+def validation_split(instances: list[Instance], share: float, minimum: int, seed: int, min_points: int = 0
                      ) -> tuple[list[Instance], list[Instance]]:
     """(train, validation) by image; none when too few instances.
 
     An image is in the validation share when its `image_draw` is below `share`, so the choice does
     not depend on which other images are labelled: an image trained on in one round is never used
-    to validate (early stopping, calibration) a warm-started model in a later round. When no image
-    draws below `share`, the one with the lowest draw is used.
+    to validate (early stopping, calibration) a warm-started model in a later round. When those
+    images hold fewer than `min_points` labelled keypoints (or there are none), the images with the
+    next lowest draws are added until they do, at most a third of the images (at least one). Adding
+    images only lowers the draw that is needed, so this keeps the rule above, except after a round
+    that hit the cap.
     """
     if share <= 0 or len(instances) < minimum:
         return instances, []
@@ -217,9 +220,15 @@ def validation_split(instances: list[Instance], share: float, minimum: int, seed
     if len(images) < 2:
         return instances, []
     draws = {image_id: image_draw(image_id, seed) for image_id in images}
-    chosen = {image_id for image_id, draw in draws.items() if draw < share}
-    if not chosen:
-        chosen = {min(images, key=draws.__getitem__)}
+    points: dict[int, int] = dict.fromkeys(images, 0)
+    for inst in instances:
+        points[inst.image_id] += int(np.count_nonzero(inst.visible))
+    chosen, held = set(), 0
+    for image_id in sorted(images, key=draws.__getitem__):
+        if chosen and (draws[image_id] >= share and held >= min_points or len(chosen) >= max(1, len(images) // 3)):
+            break
+        chosen.add(image_id)
+        held += points[image_id]
     if len(chosen) == len(images):
         return instances, []
     return ([i for i in instances if i.image_id not in chosen], [i for i in instances if i.image_id in chosen])
@@ -262,7 +271,8 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
     model = model.to(run_on)
     if run_on.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    fitting, validation = validation_split(instances, options.validation_share, options.min_validation, options.seed)
+    fitting, validation = validation_split(instances, options.validation_share, options.min_validation, options.seed,
+                                           options.min_validation_points)
     categories = [dataset.categories[i.category_id].name for i in fitting]
     crops = CropSet(dataset, fitting, options.crop_size, Augmentation() if options.augment else None, options.seed)
     validation_crops = CropSet(dataset, validation, options.crop_size)  # decoded once, scored every epoch
@@ -276,6 +286,7 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
                                                                         options.warmup_share))
     scaler = torch.amp.GradScaler(enabled=run_on.type == "cuda")
     patience = options.patience or max(5, options.epochs // 4)
+    first = options.epochs // 3 if options.min_epochs is None else min(options.min_epochs, options.epochs - 1)
     partial = ALM(model=model, keypoints=keypoints, backbone=options.backbone if init is None else init.backbone,
                   crop_size=options.crop_size if init is None else init.crop_size, round=round_index,
                   data_hash=data_hash(instances), flip_pairs=flip_pairs)
@@ -312,7 +323,7 @@ def train(dataset: Dataset, instances: list[Instance], options: TrainOptions, ro
                                                    crops=validation_crops), validation,
                                            use_visibility=False)
             scores.append(record["val_pck"])
-            best, stop = best_epoch(scores, patience)
+            best, stop = best_epoch(scores, patience, first)
             if best == epoch:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             history.append(record)
@@ -353,8 +364,8 @@ VISIBILITY_PRIOR_POINTS = 100.0
 # a calibration fitted on few validation points hides little and one fitted on many approaches the
 # expected-cost rule.
 HIDE_Z = 1.0
-# Hiding is switched off when the pooled validation outcomes show, with this confidence, that more
-# than a third of the points it hid were labelled (it then costs clicks).
+# Hiding is switched off when the newest model's validation outcomes show, with this confidence, that
+# more than a third of the points it hid were labelled (it then costs clicks).
 VETO_CONFIDENCE = 0.9
 
 
@@ -381,24 +392,24 @@ def visibility_outcomes(hidden: np.ndarray, truly_visible: np.ndarray, p_visible
 
 
 def hiding_saves_clicks(evidence: list[dict[str, float]], confidence: float = VETO_CONFIDENCE) -> bool:
-    """Whether to keep hiding, from the validation outcomes of every warm-started round so far.
+    """Whether the newest model may hide points, from its own validation outcomes (`evidence[-1]`).
 
-    Each round's validation share records how many of the points its rule hid were labelled (k) or
-    not (m); the counts are pooled across rounds. Hiding saves clicks when fewer than a third of
-    the hidden points are labelled (m - 2k > 0). It is kept unless the pooled counts show the
-    opposite with `confidence` (posterior P(labelled share > 1/3) under a Jeffreys prior): the
-    per-point rule already hides only where the calibration, with its margin, expects a saving, so
-    thin evidence leaves that decision to the calibration rather than switching hiding off.
-    A round that hid nothing adds no evidence either way. The pooled shares overlap (a validation
-    image stays in the share in every later round), so this is evidence about the rule across the
-    warm-started models, not about independent images.
+    The entry counts how many of the points its rule hid on its validation share were labelled (k)
+    or not (m). Hiding saves clicks when fewer than a third of the hidden points are labelled
+    (m - 2k > 0). It is kept unless the counts show the opposite with `confidence` (posterior
+    P(labelled share > 1/3) under a Jeffreys prior): the per-point rule already hides only where the
+    calibration, with its margin, expects a saving, so thin evidence leaves that decision to the
+    calibration rather than switching hiding off. Earlier entries (the warm-started rounds before)
+    are kept as a record but not pooled: they score weaker models, and pooling them vetoed a round-2
+    model whose hiding would have saved 33 clicks in round 3 of the COCO loop
+    (`benchmarks/annotation_loop.py --replay`).
     """
     from scipy.stats import beta
 
     if not evidence:
         return False
-    labelled = sum(float(e.get("hidden_labelled", 0)) for e in evidence)
-    unlabelled = sum(float(e.get("hidden_unlabelled", 0)) for e in evidence)
+    labelled = float(evidence[-1].get("hidden_labelled", 0))
+    unlabelled = float(evidence[-1].get("hidden_unlabelled", 0))
     if labelled + unlabelled == 0:
         return True
     costs_clicks = float(beta.sf(1 / 3, labelled + 0.5, unlabelled + 0.5))
@@ -426,11 +437,16 @@ def _heat(alm: ALM, images: torch.Tensor, category: str, flip_test: bool) -> tup
 
 
 def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip_test: bool, batch_size: int,
-                     keep_device: bool = False, shape_prior: bool = True, crops: CropSet | None = None
-                     ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     keep_device: bool = False, shape_prior: bool = True, crops: CropSet | None = None,
+                     refine_without_prior: bool = False) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Instance id -> (image xy (K, 2), raw location score (K,), visibility probability (K,)).
 
     `crops`: an unaugmented `CropSet` of these instances to reuse (its images stay decoded).
+    `refine_without_prior`: fit the sub-cell position on the network's heatmap alone (the prior then
+    only picks the peak cell). Multiplying by a Gaussian prior of spread s moves a heatmap peak of
+    width h toward the mean shape by h^2 / (h^2 + s^2) of its distance; refining without it accepted
+    2 more keypoints per COCO review round but lost 2.3 points of held-out PCK@0.1 (replay of
+    2026-12-03), so it is a measurement variant, off by default.
     """
     run_on = device()
     was_training = alm.model.training
@@ -453,7 +469,7 @@ def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip
                 prob = prob / np.maximum(prob.sum(axis=(2, 3), keepdims=True), 1e-30)
             for index, item, heat, raw_heat, seen in zip(members, items, prob, likelihood, visible):
                 # the prior picks the peak; the sub-cell position comes from the network's heatmap alone
-                xy, score = decode(heat, radius_cells=radius, refine=raw_heat if REFINE_WITHOUT_PRIOR else None)
+                xy, score = decode(heat, radius_cells=radius, refine=raw_heat if refine_without_prior else None)
                 inst = instances[index]
                 info = dataset.images[inst.image_id]
                 image_xy = to_image(item[3], xy)
@@ -490,7 +506,7 @@ def validation_scores(alm: ALM, dataset: Dataset, instances: list[Instance], cro
 
 def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: float = HIDE_THRESHOLD,
             batch_size: int = 32, flip_test: bool = True, keep_device: bool = False, shape_prior: bool = True,
-            crops: CropSet | None = None) -> dict[int, np.ndarray]:
+            crops: CropSet | None = None, refine_without_prior: bool = False) -> dict[int, np.ndarray]:
     """Instance id -> (K, 5): x, y, visibility, location score, visibility probability.
 
     Where and whether are kept apart: the location score is the calibrated probability that
@@ -499,13 +515,14 @@ def predict(alm: ALM, dataset: Dataset, instances: list[Instance], threshold: fl
     certainty, with a margin: a point is hidden only when the upper confidence bound of its
     calibrated P(visible) (`hide_mask`, HIDE_Z standard errors of the visibility fit) is below
     `threshold`. An ALM whose visibility head was never validated (too few training instances
-    for a validation share), or whose hiding the pooled validation outcomes of its rounds showed
-    to cost clicks (`hiding_saves_clicks`), hides nothing. `crops`: an unaugmented `CropSet` of `instances` to reuse (images decoded once).
+    for a validation share), or whose hiding its own validation outcomes showed to cost clicks
+    (`hiding_saves_clicks`), hides nothing. `crops`: an unaugmented `CropSet` of `instances` to
+    reuse (images decoded once). `refine_without_prior`: see `_raw_predictions`.
     """
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
         raise SemcorrError(f"threshold {threshold!r}: must be a finite number in [0, 1]")
     raw_predictions = _raw_predictions(alm, dataset, instances, flip_test, batch_size, keep_device, shape_prior,
-                                       crops)
+                                       crops, refine_without_prior)
     out = {}
     validated = alm.visibility_calibration.points > 0
     for inst_id, (xy, score, seen) in raw_predictions.items():
