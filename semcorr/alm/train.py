@@ -468,7 +468,7 @@ def _raw_predictions(alm: ALM, dataset: Dataset, instances: list[Instance], flip
                 prob = prob * prior_maps(alm.shape_prior[category], alm.crop_size)[None]
                 prob = prob / np.maximum(prob.sum(axis=(2, 3), keepdims=True), 1e-30)
             for index, item, heat, raw_heat, seen in zip(members, items, prob, likelihood, visible):
-                # the prior picks the peak; the sub-cell position comes from the network's heatmap alone
+                # the prior picks the peak; the sub-cell fit uses the prior-weighted heatmap unless asked not to
                 xy, score = decode(heat, radius_cells=radius, refine=raw_heat if refine_without_prior else None)
                 inst = instances[index]
                 info = dataset.images[inst.image_id]
